@@ -1,0 +1,252 @@
+//! The REST API (DESIGN §5): validates and enqueues; never calls a binding's transport.
+//!
+//! Routes under `/v1` need `Authorization: Bearer <token>`; the token names the tenant, and a
+//! tenant sees only its own devices and pushes (another tenant's ids are 404). `/healthz`,
+//! `/readyz`, `/metrics` and `/openapi.json` are public.
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use axum::{
+    Router,
+    extract::{MatchedPath, Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+};
+
+use crate::{binding::Bindings, metrics::Metrics, store::Store};
+
+pub mod devices;
+pub mod openapi;
+pub mod problem;
+pub mod pushes;
+pub mod validate;
+
+pub use problem::Problem;
+
+/// Limits and defaults the API applies to pushes.
+#[derive(Clone, Debug)]
+pub struct ApiLimits {
+    pub max_payload_bytes: usize,
+    pub body_limit_bytes: usize,
+    pub default_ttl_seconds: u64,
+    pub max_ttl_seconds: u64,
+    pub max_attempts: u32,
+    pub list_limit_max: u32,
+}
+
+/// Bearer tokens → tenant names (tokens kept only as SHA-256).
+#[derive(Clone, Debug, Default)]
+pub struct Tenants {
+    by_hash: HashMap<String, String>,
+}
+
+impl Tenants {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add_hash(&mut self, sha256_hex: &str, tenant: &str) {
+        self.by_hash
+            .insert(sha256_hex.to_ascii_lowercase(), tenant.to_owned());
+    }
+
+    pub fn add_token(&mut self, token: &str, tenant: &str) {
+        self.add_hash(&validate::sha256_hex(token.as_bytes()), tenant);
+    }
+
+    pub fn lookup(&self, token: &str) -> Option<&str> {
+        self.by_hash
+            .get(&validate::sha256_hex(token.as_bytes()))
+            .map(String::as_str)
+    }
+}
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub bindings: Bindings,
+    pub metrics: Metrics,
+    pub tenants: Arc<Tenants>,
+    pub limits: ApiLimits,
+    /// When `dmpushd_queue_depth` was last refreshed (on scrape, at most once a second: counting
+    /// pushes per state is a scan, so it is paid per scrape, not on a timer).
+    pub depth_refreshed: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+/// The authenticated tenant of a request.
+#[derive(Clone, Debug)]
+pub struct Tenant(pub String);
+
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/devices", get(devices::list))
+        .route(
+            "/v1/devices/{id}",
+            put(devices::put).get(devices::get).delete(devices::delete),
+        )
+        .route("/v1/devices/{id}/push", post(pushes::raw_push))
+        .route("/v1/pushes", post(pushes::create).get(pushes::list))
+        .route("/v1/pushes/batch", post(pushes::batch))
+        .route("/v1/pushes/preview", post(pushes::preview))
+        .route("/v1/pushes/{id}", get(pushes::get).delete(pushes::cancel))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::serve))
+        .merge(v1)
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.limits.body_limit_bytes,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+async fn auth(State(st): State<ApiState>, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match token.and_then(|t| st.tenants.lookup(t)) {
+        Some(tenant) => {
+            req.extensions_mut().insert(Tenant(tenant.to_owned()));
+            next.run(req).await
+        }
+        None => {
+            let mut r = Problem::unauthorized().into_response();
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            r
+        }
+    }
+}
+
+async fn count_requests(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    st.metrics
+        .http_requests
+        .with_label_values(&[&format!("{method} {route}"), resp.status().as_str()])
+        .inc();
+    tracing::debug!(message = "Request.", %method, route = %route, status = resp.status().as_u16(), ms = start.elapsed().as_millis() as u64);
+    resp
+}
+
+async fn not_found() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "no-route",
+        "Not found",
+        "no such route",
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(st): State<ApiState>) -> Response {
+    if let Err(e) = st.store.ping().await {
+        return Problem::unavailable(format!("store unreachable: {e}")).into_response();
+    }
+    let mut bindings = serde_json::Map::new();
+    let mut ready = true;
+    for b in st.bindings.iter() {
+        let v = match b.ready() {
+            Ok(()) => serde_json::Value::String("ok".into()),
+            Err(e) => {
+                ready = false;
+                serde_json::Value::String(e)
+            }
+        };
+        bindings.insert(b.kind().as_str().to_owned(), v);
+    }
+    let body = serde_json::json!({"store": "ok", "bindings": bindings});
+    if ready {
+        (StatusCode::OK, axum::Json(body)).into_response()
+    } else {
+        let mut p = Problem::unavailable(format!("a binding is not ready: {body}"));
+        p.field = None;
+        p.into_response()
+    }
+}
+
+async fn metrics(State(st): State<ApiState>) -> Response {
+    let due = {
+        let mut last = st.depth_refreshed.lock().unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    };
+    if due {
+        match tokio::time::timeout(std::time::Duration::from_secs(2), st.store.queue_depth()).await
+        {
+            Ok(Ok(depth)) => {
+                for s in crate::store::PushState::ALL {
+                    let n = depth
+                        .iter()
+                        .find(|(st, _)| *st == s)
+                        .map(|(_, n)| *n)
+                        .unwrap_or(0);
+                    st.metrics
+                        .queue_depth
+                        .with_label_values(&[s.as_str()])
+                        .set(n as i64);
+                }
+            }
+            Ok(Err(e)) => {
+                st.metrics
+                    .store_errors
+                    .with_label_values(&["queue_depth"])
+                    .inc();
+                tracing::warn!(message = "Queue depth unavailable.", error = %e);
+            }
+            Err(_) => st
+                .metrics
+                .store_errors
+                .with_label_values(&["queue_depth"])
+                .inc(),
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Formats Unix milliseconds as RFC 3339.
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}

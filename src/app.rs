@@ -1,0 +1,181 @@
+//! Composition root: builds the store, bindings, dispatcher and API from [`Settings`], and owns
+//! the shutdown order (stop accepting → finish or release in-flight leases → exit).
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::{self, ApiLimits, ApiState, Tenants},
+    binding::{self, BindingContext, Bindings},
+    config::Settings,
+    metrics::Metrics,
+    queue::{Dispatcher, DispatcherConfig, RetryPolicy},
+    store::{self, Store},
+};
+
+pub struct App {
+    listener: TcpListener,
+    router: axum::Router,
+    dispatcher: Dispatcher,
+    receipts: mpsc::Receiver<binding::Receipt>,
+    bindings_shutdown: CancellationToken,
+    pub store: Arc<dyn Store>,
+    pub metrics: Metrics,
+}
+
+impl App {
+    /// Binds the listener and opens everything; nothing runs until [`App::run`].
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        crate::config::tls::install_provider();
+        let metrics = Metrics::new();
+        let store = store::open(&settings.store).await?;
+
+        let (receipts_tx, receipts) = mpsc::channel(4096);
+        let bindings_shutdown = CancellationToken::new();
+        let ctx = BindingContext {
+            registry: metrics.registry.clone(),
+            receipts: receipts_tx,
+            shutdown: bindings_shutdown.clone(),
+        };
+        let mut list = Vec::new();
+        list.extend(binding::http::build(&settings.bindings.http, &ctx).await?);
+        list.extend(binding::wap::build(&settings.bindings.wap, &ctx).await?);
+        list.extend(binding::sip::build(&settings.bindings.sip, &ctx).await?);
+        list.extend(binding::obex::build(&settings.bindings.obex, &ctx).await?);
+        let bindings = Bindings::new(list);
+
+        let tenants = Arc::new(tenants(&settings));
+        let q = &settings.queue;
+        let owner = q.replica_id.clone().unwrap_or_else(default_replica_id);
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            bindings.clone(),
+            metrics.clone(),
+            DispatcherConfig {
+                owner: owner.clone(),
+                workers: q.workers,
+                claim_batch: q.claim_batch,
+                lease: Duration::from_secs(q.lease_seconds),
+                poll: Duration::from_millis(q.poll_interval_ms.max(10)),
+                retry: RetryPolicy {
+                    base: Duration::from_millis(q.backoff_base_ms),
+                    max: Duration::from_millis(q.backoff_max_ms.max(q.backoff_base_ms)),
+                },
+                per_target: q.per_target_concurrency,
+                grace: Duration::from_secs(settings.server.shutdown_grace_seconds),
+                attempt_timeout: Duration::from_secs(300),
+            },
+        );
+        let state = ApiState {
+            store: store.clone(),
+            bindings,
+            metrics: metrics.clone(),
+            tenants,
+            limits: ApiLimits {
+                max_payload_bytes: settings.server.max_payload_bytes,
+                body_limit_bytes: settings.server.body_limit_bytes,
+                default_ttl_seconds: q.default_ttl_seconds,
+                max_ttl_seconds: q.max_ttl_seconds,
+                max_attempts: q.max_attempts,
+                list_limit_max: 1000,
+            },
+            depth_refreshed: Arc::default(),
+        };
+        let router = api::router(state);
+        let listener = TcpListener::bind(settings.server.listen).await?;
+        tracing::info!(
+            message = "dmpushd ready.",
+            listen = %listener.local_addr()?,
+            store = %redact_url(&settings.store.url),
+            replica = %owner,
+        );
+        Ok(Self {
+            listener,
+            router,
+            dispatcher,
+            receipts,
+            bindings_shutdown,
+            store,
+            metrics,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown`, then drains in order and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            router,
+            dispatcher,
+            receipts,
+            bindings_shutdown,
+            ..
+        } = self;
+        let dispatch_stop = CancellationToken::new();
+        let dispatch = tokio::spawn(dispatcher.run(receipts, dispatch_stop.clone()));
+        let server_stop = shutdown.clone();
+        let server = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { server_stop.cancelled().await });
+        let served = server.await;
+        tracing::info!(message = "API stopped accepting; draining deliveries.");
+        dispatch_stop.cancel();
+        let _ = dispatch.await;
+        bindings_shutdown.cancel();
+        tracing::info!(message = "Shut down cleanly.");
+        served.map_err(Into::into)
+    }
+}
+
+fn tenants(settings: &Settings) -> Tenants {
+    let mut t = Tenants::new();
+    for tenant in &settings.tenants {
+        if let Some(h) = &tenant.token_sha256 {
+            t.add_hash(h, &tenant.name);
+        }
+        if let Some(tok) = &tenant.token {
+            t.add_token(tok, &tenant.name);
+        }
+    }
+    if settings.tenants.is_empty() {
+        let token = format!("dev-{}", uuid::Uuid::new_v4().simple());
+        t.add_token(&token, "dev");
+        // Printed once, on purpose: with no [[tenants]] configured this is the only way in.
+        tracing::warn!(
+            message = "DEVELOPMENT ONLY: no [[tenants]] configured; created tenant \"dev\". Configure tenants with token_sha256 for production.",
+            dev_token = %token,
+        );
+    }
+    t
+}
+
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "dmpushd".to_owned()
+    } else {
+        host
+    };
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// A store URL without its password, for logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,222 @@
+//! Typed settings: TOML file + `DMPUSHD__SECTION__KEY` environment overrides (DESIGN §5).
+//!
+//! Every key has a default, so `dmpushd serve` with no file at all works: it listens on
+//! `127.0.0.1:8080`, stores in `./data/dmpushd.db`, and (with no `[[tenants]]`) creates a
+//! development tenant whose token it logs once. `config/dmpushd.toml` documents every key.
+
+use std::{net::SocketAddr, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    binding::{http::HttpConfig, obex::ObexConfig, sip::SipConfig, wap::WapConfig},
+    store::StoreOptions,
+};
+
+pub mod tls;
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerConfig,
+    pub store: StoreOptions,
+    pub queue: QueueConfig,
+    pub tenants: Vec<TenantConfig>,
+    pub bindings: BindingsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Largest accepted request body (bytes); larger requests get 413.
+    pub body_limit_bytes: usize,
+    /// Largest DM payload in a push (bytes, after base64 decoding).
+    pub max_payload_bytes: usize,
+    /// Seconds allowed for in-flight deliveries to finish on SIGTERM before their leases are
+    /// released.
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit_bytes: 1024 * 1024,
+            max_payload_bytes: 64 * 1024,
+            shutdown_grace_seconds: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Deliveries in flight at once (per replica).
+    pub workers: usize,
+    /// Pushes leased per claim.
+    pub claim_batch: u32,
+    /// Lease length; a crashed worker's pushes are retaken after this.
+    pub lease_seconds: u64,
+    /// Attempts per push, across all bindings.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with full jitter, capped by `backoff_max_ms`.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// TTL when a push names none.
+    pub default_ttl_seconds: u64,
+    /// Longest TTL a client may ask for.
+    pub max_ttl_seconds: u64,
+    /// Fallback poll interval of the dispatcher (wake-ups make it normally idle).
+    pub poll_interval_ms: u64,
+    /// Concurrent deliveries to one target (device address).
+    pub per_target_concurrency: usize,
+    /// Replica id used as lease owner; default: hostname-pid-random.
+    pub replica_id: Option<String>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            workers: 256,
+            claim_batch: 128,
+            lease_seconds: 60,
+            max_attempts: 8,
+            backoff_base_ms: 1000,
+            backoff_max_ms: 300_000,
+            default_ttl_seconds: 86_400,
+            max_ttl_seconds: 30 * 86_400,
+            poll_interval_ms: 1000,
+            per_target_concurrency: 4,
+            replica_id: None,
+        }
+    }
+}
+
+/// A tenant: a bearer token (as its SHA-256, or in clear for development) and a name.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub name: String,
+    /// Hex SHA-256 of the token (production form).
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    /// The token in clear (development only).
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for TenantConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantConfig")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BindingsConfig {
+    pub http: HttpConfig,
+    pub wap: WapConfig,
+    pub sip: SipConfig,
+    pub obex: ObexConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json` (default, for log shippers) or `text`.
+    pub format: String,
+    /// An `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "json".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Loads `file` (if it exists; a missing default file is not an error) and then the
+    /// `DMPUSHD__…` environment variables.
+    pub fn load(file: Option<&Path>, required: bool) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, required, None)
+    }
+
+    /// As [`Settings::load`], with an explicit environment (tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        required: bool,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let mut b = config::Config::builder();
+        if let Some(f) = file {
+            b = b.add_source(
+                config::File::from(f)
+                    .format(config::FileFormat::Toml)
+                    .required(required),
+            );
+        }
+        let mut e = config::Environment::with_prefix("DMPUSHD")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("bindings.http.allow_targets");
+        if let Some(env) = env {
+            e = e.source(Some(env));
+        }
+        let s: Settings = b.add_source(e).build()?.try_deserialize()?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.queue.workers == 0 {
+            return bad("queue.workers must be at least 1".into());
+        }
+        if self.queue.max_attempts == 0 {
+            return bad("queue.max_attempts must be at least 1".into());
+        }
+        if self.queue.lease_seconds == 0 {
+            return bad("queue.lease_seconds must be at least 1".into());
+        }
+        for t in &self.tenants {
+            match (&t.token_sha256, &t.token) {
+                (Some(h), _) if h.len() != 64 || hex::decode(h).is_err() => {
+                    return bad(format!(
+                        "tenants[{}].token_sha256 must be 64 hex digits",
+                        t.name
+                    ));
+                }
+                (None, None) => {
+                    return bad(format!(
+                        "tenants[{}] needs token_sha256 (or token for development)",
+                        t.name
+                    ));
+                }
+                _ => {}
+            }
+        }
+        self.bindings
+            .http
+            .validate()
+            .map_err(ConfigError::Invalid)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,132 @@
+//! Prometheus metrics of the core (bindings register their own in the same registry).
+//! Every name starts with `dmpushd_` (DESIGN §5).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub pushes_accepted: IntCounterVec,
+    pub deliveries: IntCounterVec,
+    pub attempt_seconds: HistogramVec,
+    pub queue_depth: IntGaugeVec,
+    pub http_requests: IntCounterVec,
+    pub receipts: IntCounterVec,
+    pub leases_held: IntGauge,
+    pub store_errors: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let pushes_accepted = IntCounterVec::new(
+            Opts::new(
+                "dmpushd_pushes_accepted_total",
+                "Pushes committed to the queue (answered 202)",
+            ),
+            &["tenant"],
+        )
+        .expect("static metric definition");
+        let deliveries = IntCounterVec::new(
+            Opts::new(
+                "dmpushd_deliveries_total",
+                "Delivery attempts by binding and outcome",
+            ),
+            &["binding", "outcome"],
+        )
+        .expect("static metric definition");
+        let attempt_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "dmpushd_delivery_attempt_seconds",
+                "Duration of one delivery attempt",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["binding"],
+        )
+        .expect("static metric definition");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("dmpushd_queue_depth", "Pushes in the store by state"),
+            &["state"],
+        )
+        .expect("static metric definition");
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "dmpushd_http_requests_total",
+                "REST API requests by route and status",
+            ),
+            &["route", "status"],
+        )
+        .expect("static metric definition");
+        let receipts = IntCounterVec::new(
+            Opts::new(
+                "dmpushd_receipts_total",
+                "Delivery receipts by binding and effect",
+            ),
+            &["binding", "effect"],
+        )
+        .expect("static metric definition");
+        let leases_held = IntGauge::new(
+            "dmpushd_leases_held",
+            "Pushes leased by this replica right now",
+        )
+        .expect("static metric definition");
+        let store_errors = IntCounterVec::new(
+            Opts::new("dmpushd_store_errors_total", "Store operations that failed"),
+            &["op"],
+        )
+        .expect("static metric definition");
+        for c in [
+            &pushes_accepted,
+            &deliveries,
+            &http_requests,
+            &receipts,
+            &store_errors,
+        ] {
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric name");
+        }
+        registry
+            .register(Box::new(attempt_seconds.clone()))
+            .expect("unique metric name");
+        registry
+            .register(Box::new(queue_depth.clone()))
+            .expect("unique metric name");
+        registry
+            .register(Box::new(leases_held.clone()))
+            .expect("unique metric name");
+        for s in crate::store::PushState::ALL {
+            queue_depth.with_label_values(&[s.as_str()]).set(0);
+        }
+        Self {
+            registry,
+            pushes_accepted,
+            deliveries,
+            attempt_seconds,
+            queue_depth,
+            http_requests,
+            receipts,
+            leases_held,
+            store_errors,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,482 @@
+//! The dispatcher: leases due pushes in batches, runs one attempt per push on a bounded pool of
+//! workers, and records the outcome durably.
+//!
+//! Tasks (all stop on the shutdown token, in this order):
+//! * the claim loop — waits for a free worker, claims up to `claim_batch` pushes, spawns one task
+//!   per push; idle, it sleeps until the store's wake-up, the next due time or the poll interval;
+//! * the completion writer — batches attempt outcomes into one store transaction;
+//! * the housekeeper — renews the leases of in-flight pushes, expires pushes whose TTL passed;
+//! * the receipt consumer — applies late receipts from bindings (e.g. SMPP delivery receipts).
+//!
+//! Shutdown: stop claiming, give in-flight attempts `grace` to finish, abort the rest and
+//! release their leases (they are retried, by this or another replica), flush completions.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{RetryPolicy, decide, now_ms, pick_binding};
+use crate::{
+    binding::{Bindings, Delivery, DeviceBinding, Outcome, Receipt},
+    metrics::Metrics,
+    store::{Claimed, Completion, Next, Store},
+};
+
+#[derive(Clone, Debug)]
+pub struct DispatcherConfig {
+    /// Lease owner id (unique per replica).
+    pub owner: String,
+    pub workers: usize,
+    pub claim_batch: u32,
+    pub lease: Duration,
+    pub poll: Duration,
+    pub retry: RetryPolicy,
+    pub per_target: usize,
+    pub grace: Duration,
+    /// Upper bound on one attempt; a binding that hangs longer yields a transient failure.
+    pub attempt_timeout: Duration,
+}
+
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    bindings: Bindings,
+    metrics: Metrics,
+    cfg: DispatcherConfig,
+    inflight: Arc<Mutex<HashSet<String>>>,
+    targets: Arc<TargetLimiter>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Arc<dyn Store>,
+        bindings: Bindings,
+        metrics: Metrics,
+        cfg: DispatcherConfig,
+    ) -> Self {
+        let targets = Arc::new(TargetLimiter::new(cfg.per_target.max(1)));
+        Self {
+            store,
+            bindings,
+            metrics,
+            cfg,
+            inflight: Arc::default(),
+            targets,
+        }
+    }
+
+    /// Runs until `shutdown` and then drains; returns when every lease is completed or released.
+    pub async fn run(self, receipts: mpsc::Receiver<Receipt>, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let (done_tx, done_rx) = mpsc::channel::<Completion>(this.cfg.workers.max(1) * 2);
+        let writer = tokio::spawn(completion_writer(
+            this.store.clone(),
+            this.metrics.clone(),
+            done_rx,
+        ));
+        let house = tokio::spawn(this.clone().housekeeper(shutdown.clone()));
+        let receipts_task = tokio::spawn(this.clone().receipt_consumer(receipts, shutdown.clone()));
+
+        let mut tasks = this
+            .clone()
+            .claim_loop(done_tx.clone(), shutdown.clone())
+            .await;
+
+        // Drain: in-flight attempts get `grace`, then are aborted and released.
+        let deadline = tokio::time::sleep(this.cfg.grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                r = tasks.join_next() => if r.is_none() { break },
+                _ = &mut deadline => {
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+        let leftover: Vec<String> = lock(&this.inflight).drain().collect();
+        let now = now_ms();
+        for id in leftover {
+            tracing::info!(message = "Releasing lease on shutdown.", push_id = %id);
+            let _ = done_tx
+                .send(Completion {
+                    push_id: id,
+                    owner: this.cfg.owner.clone(),
+                    attempt: 0,
+                    binding: None,
+                    at_ms: now,
+                    next: Next::Release,
+                    detail: "released on shutdown".into(),
+                })
+                .await;
+        }
+        drop(done_tx);
+        let _ = writer.await;
+        let _ = house.await;
+        let _ = receipts_task.await;
+    }
+
+    async fn claim_loop(
+        self: Arc<Self>,
+        done: mpsc::Sender<Completion>,
+        shutdown: CancellationToken,
+    ) -> JoinSet<()> {
+        let sem = Arc::new(Semaphore::new(self.cfg.workers.max(1)));
+        let mut tasks = JoinSet::new();
+        let wakeup = self.store.wakeup();
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let first = tokio::select! {
+                p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = shutdown.cancelled() => break,
+            };
+            let mut permits = vec![first];
+            while permits.len() < self.cfg.claim_batch.max(1) as usize {
+                match sem.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let now = now_ms();
+            let claimed = match self
+                .store
+                .claim(&self.cfg.owner, now, self.cfg.lease, permits.len() as u32)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    self.metrics
+                        .store_errors
+                        .with_label_values(&["claim"])
+                        .inc();
+                    tracing::warn!(message = "Claim failed.", error = %e);
+                    drop(permits);
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.cfg.poll) => {},
+                        _ = shutdown.cancelled() => break,
+                    }
+                    continue;
+                }
+            };
+            if claimed.is_empty() {
+                drop(permits);
+                let wait = match self.store.next_due().await {
+                    Ok(Some(t)) => Duration::from_millis(
+                        (t - now).clamp(25, self.cfg.poll.as_millis() as i64) as u64,
+                    ),
+                    _ => self.cfg.poll,
+                };
+                tokio::select! {
+                    _ = wakeup.notified() => {},
+                    _ = tokio::time::sleep(wait) => {},
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            {
+                let mut inflight = lock(&self.inflight);
+                for c in &claimed {
+                    inflight.insert(c.id.clone());
+                }
+                self.metrics.leases_held.set(inflight.len() as i64);
+            }
+            for (push, permit) in claimed.into_iter().zip(permits.drain(..)) {
+                tasks.spawn(self.clone().attempt(push, permit, done.clone()));
+            }
+        }
+        tasks
+    }
+
+    /// One attempt for one leased push.
+    async fn attempt(
+        self: Arc<Self>,
+        push: Claimed,
+        _permit: OwnedSemaphorePermit,
+        done: mpsc::Sender<Completion>,
+    ) {
+        let now = now_ms();
+        let span = tracing::info_span!("attempt", push_id = %push.id, device_id = push.device_id.as_deref().unwrap_or(""), attempt = push.attempt);
+        let _enter = span.enter();
+        drop(_enter);
+        let (next, detail, kind) = if push.expires_at_ms <= now {
+            (Next::Expired, "ttl passed".to_owned(), None)
+        } else {
+            match pick_binding(&push, |k| self.bindings.get(k).is_some()) {
+                Err(reason) => (Next::Failed, reason, None),
+                Ok((index, target)) => match self.bindings.get(target.kind()) {
+                    None => (
+                        Next::Failed,
+                        format!(
+                            "binding {} is not configured on this gateway",
+                            target.kind()
+                        ),
+                        None,
+                    ),
+                    Some(binding) => {
+                        let kind = target.kind();
+                        let _slot = self.targets.acquire(target_key(target)).await;
+                        let start = Instant::now();
+                        let delivery = Delivery {
+                            push_id: push.id.clone(),
+                            tenant: push.tenant.clone(),
+                            device_id: push.device_id.clone(),
+                            target: target.clone(),
+                            content_type: push.content_type,
+                            body: Bytes::from(push.body.clone()),
+                            attempt: push.attempt,
+                            expires_at: time::OffsetDateTime::from_unix_timestamp_nanos(
+                                push.expires_at_ms as i128 * 1_000_000,
+                            )
+                            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                            now: time::OffsetDateTime::now_utc(),
+                        };
+                        let outcome = match tokio::time::timeout(
+                            self.cfg.attempt_timeout,
+                            binding.deliver(delivery),
+                        )
+                        .await
+                        {
+                            Ok(o) => o,
+                            Err(_) => Outcome::Transient {
+                                reason: "attempt timed out".into(),
+                                retry_after: None,
+                            },
+                        };
+                        self.metrics
+                            .attempt_seconds
+                            .with_label_values(&[kind.as_str()])
+                            .observe(start.elapsed().as_secs_f64());
+                        self.metrics
+                            .deliveries
+                            .with_label_values(&[kind.as_str(), outcome.label()])
+                            .inc();
+                        let (next, detail) = decide(
+                            &push,
+                            index,
+                            &outcome,
+                            now_ms(),
+                            self.cfg.retry,
+                            rand::random::<f64>(),
+                        );
+                        tracing::info!(
+                            parent: &span,
+                            message = "Attempt finished.",
+                            binding = %kind,
+                            outcome = outcome.label(),
+                            detail = %detail,
+                        );
+                        (next, detail, Some(kind))
+                    }
+                },
+            }
+        };
+        let completion = Completion {
+            push_id: push.id.clone(),
+            owner: self.cfg.owner.clone(),
+            attempt: push.attempt,
+            binding: kind,
+            at_ms: now_ms(),
+            next,
+            detail,
+        };
+        // Remove from the in-flight set only once the writer has the completion, so that the
+        // lease keeps being renewed until then.
+        let _ = done.send(completion).await;
+        let mut inflight = lock(&self.inflight);
+        inflight.remove(&push.id);
+        self.metrics.leases_held.set(inflight.len() as i64);
+    }
+
+    async fn housekeeper(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let renew_every = (self.cfg.lease / 3).max(Duration::from_millis(500));
+        let mut last_renew = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {},
+                _ = shutdown.cancelled() => break,
+            }
+            let now = now_ms();
+            if last_renew.elapsed() >= renew_every {
+                last_renew = Instant::now();
+                let ids: Vec<String> = lock(&self.inflight).iter().cloned().collect();
+                if let Err(e) = self
+                    .store
+                    .renew(
+                        &self.cfg.owner,
+                        &ids,
+                        now + self.cfg.lease.as_millis() as i64,
+                    )
+                    .await
+                {
+                    self.metrics
+                        .store_errors
+                        .with_label_values(&["renew"])
+                        .inc();
+                    tracing::warn!(message = "Lease renewal failed.", error = %e);
+                }
+            }
+            match self.store.expire(now, 1000).await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(message = "Expired pushes whose TTL passed.", count = n)
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.metrics
+                        .store_errors
+                        .with_label_values(&["expire"])
+                        .inc();
+                    tracing::warn!(message = "Expiry sweep failed.", error = %e);
+                }
+            }
+        }
+    }
+
+    async fn receipt_consumer(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<Receipt>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let r = tokio::select! {
+                r = rx.recv() => match r { Some(r) => r, None => break },
+                _ = shutdown.cancelled() => break,
+            };
+            let mut tries = 0;
+            loop {
+                match self.store.apply_receipt(&r, now_ms()).await {
+                    Ok(effect) => {
+                        let label = match &effect {
+                            crate::store::ReceiptEffect::Pending => "pending",
+                            crate::store::ReceiptEffect::Partial { .. } => "partial",
+                            crate::store::ReceiptEffect::Finished { .. } => "finished",
+                            crate::store::ReceiptEffect::Ignored { .. } => "ignored",
+                        };
+                        self.metrics
+                            .receipts
+                            .with_label_values(&[r.binding.as_str(), label])
+                            .inc();
+                        break;
+                    }
+                    Err(e) if tries < 5 && e.is_transient() => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(100 << tries)).await;
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .store_errors
+                            .with_label_values(&["receipt"])
+                            .inc();
+                        tracing::error!(message = "Receipt could not be recorded.", error = %e, reference = %r.reference);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes completions in batches; retries transient store errors so that an outcome is not
+/// lost to a busy database (if it still fails, the lease expires and the push is retried).
+async fn completion_writer(
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    mut rx: mpsc::Receiver<Completion>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let work = std::mem::take(&mut batch);
+        let mut delay = Duration::from_millis(50);
+        for attempt in 0..8 {
+            match store.complete(work.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    metrics.store_errors.with_label_values(&["complete"]).inc();
+                    tracing::warn!(message = "Recording outcomes failed.", error = %e, attempt, count = work.len());
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the set inconsistent (single insert/remove).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The address an attempt goes to, for the per-target concurrency limit.
+fn target_key(t: &DeviceBinding) -> String {
+    match t {
+        DeviceBinding::Wap {
+            msisdn, address, ..
+        } => format!(
+            "wap:{}",
+            msisdn.as_deref().or(address.as_deref()).unwrap_or("")
+        ),
+        DeviceBinding::Sip { uri, gruu } => format!("sip:{}", gruu.as_deref().unwrap_or(uri)),
+        DeviceBinding::Http { url, .. } => format!("http:{url}"),
+        DeviceBinding::Obex { address, .. } => format!("obex:{address}"),
+    }
+}
+
+/// At most `limit` concurrent attempts per target; entries vanish when unused.
+struct TargetLimiter {
+    limit: usize,
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+struct TargetSlot<'a> {
+    limiter: &'a TargetLimiter,
+    key: String,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for TargetSlot<'_> {
+    fn drop(&mut self) {
+        let mut slots = lock(&self.limiter.slots);
+        if let Some(s) = slots.get(&self.key) {
+            // Only the map and this slot's own permit hold it: nobody else holds or awaits it.
+            if Arc::strong_count(s) == 2 {
+                slots.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl TargetLimiter {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            slots: Mutex::default(),
+        }
+    }
+
+    async fn acquire(&self, key: String) -> TargetSlot<'_> {
+        let sem = lock(&self.slots)
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.limit)))
+            .clone();
+        // The semaphore is never closed, so acquire cannot fail.
+        let permit = match sem.acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => unreachable!("target semaphores are never closed"),
+        };
+        TargetSlot {
+            limiter: self,
+            key,
+            _permit: permit,
+        }
+    }
+}

@@ -1,0 +1,861 @@
+//! SQLite store: the zero-set-up default (one file, WAL, `synchronous=FULL`).
+//!
+//! SQLite has one writer at a time, so all writes go through a single-connection pool; reads use a
+//! separate pool (WAL lets them run beside the writer). Enqueues are group-committed: a writer task
+//! drains every request waiting on its channel into one transaction and one fsync, then answers
+//! each caller — so a `202` is durable and throughput grows with concurrency instead of being
+//! capped at one fsync per push.
+
+use std::{collections::HashMap, str::FromStr, sync::Arc, time::Duration};
+
+use sqlx::{
+    QueryBuilder, Row, Sqlite, SqlitePool, Transaction,
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    },
+};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::{
+    CancelResult, Claimed, Completion, Device, Enqueued, NewPush, Next, PushEvent, PushFilter,
+    PushRecord, PushState, ReceiptEffect, Store, StoreError, StoreOptions, from_json,
+    parse_binding, parse_content_type, parse_state, to_json,
+};
+use crate::binding::{BindingKind, Receipt};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// Rows per multi-row INSERT: 22 columns × 200 rows stays well under SQLite's 32,766 variables.
+const INSERT_CHUNK: usize = 200;
+
+type EnqueueReply = oneshot::Sender<Result<Enqueued, StoreError>>;
+
+pub async fn open(opts: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SqliteStore::open(opts).await?))
+}
+
+pub struct SqliteStore {
+    write: SqlitePool,
+    read: SqlitePool,
+    enqueue_tx: mpsc::Sender<(NewPush, EnqueueReply)>,
+    wakeup: Arc<Notify>,
+    /// Devices by (tenant, id); `None` = known deleted. Every submit reads its device, so this
+    /// keeps a database round trip off the accept path. Exact because this process is the only
+    /// writer of the file: writes go through `put_device`/`delete_device`, which update it after
+    /// commit (a concurrent miss only fills an absent entry, so it can never resurrect a stale one).
+    devices: std::sync::Mutex<HashMap<(String, String), Option<Device>>>,
+}
+
+/// Entries kept before the device cache is reset.
+const DEVICE_CACHE_MAX: usize = 100_000;
+
+impl SqliteStore {
+    pub async fn open(opts: &StoreOptions) -> Result<Self, StoreError> {
+        let url = &opts.url;
+        create_parent_dir(url);
+        let connect = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before we answer 202 (DESIGN §7), even on power loss.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(opts.busy_timeout_secs))
+            .foreign_keys(false)
+            .statement_cache_capacity(256);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(opts.busy_timeout_secs.max(1) * 3))
+            .connect_with(connect.clone())
+            .await?;
+        if opts.auto_migrate {
+            MIGRATOR.run(&write).await?;
+        }
+        let read = SqlitePoolOptions::new()
+            .max_connections(opts.max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(opts.busy_timeout_secs.max(1) * 3))
+            .connect_with(connect.read_only(true))
+            .await?;
+        let wakeup = Arc::new(Notify::new());
+        let (enqueue_tx, rx) = mpsc::channel(opts.max_batch.max(1) * 8);
+        tokio::spawn(enqueue_writer(
+            write.clone(),
+            rx,
+            opts.max_batch.max(1),
+            wakeup.clone(),
+        ));
+        Ok(Self {
+            write,
+            read,
+            enqueue_tx,
+            wakeup,
+            devices: Default::default(),
+        })
+    }
+}
+
+impl SqliteStore {
+    fn cache_put(&self, key: (String, String), device: Option<Device>) {
+        let mut cache = lock(&self.devices);
+        if cache.len() >= DEVICE_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(key, device);
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The map stays consistent even if a holder panicked (single insert/remove per lock).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn create_parent_dir(url: &str) {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path.starts_with(':') {
+        return;
+    }
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        // An error here surfaces as a clearer "unable to open database file" right after.
+        let _ = std::fs::create_dir_all(parent);
+    }
+}
+
+/// The group-commit loop: one transaction per drained batch.
+async fn enqueue_writer(
+    pool: SqlitePool,
+    mut rx: mpsc::Receiver<(NewPush, EnqueueReply)>,
+    max_batch: usize,
+    wakeup: Arc<Notify>,
+) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while rx.recv_many(&mut batch, max_batch).await > 0 {
+        let (pushes, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+        match commit_batch(&pool, &pushes).await {
+            Ok(results) => {
+                let created = results
+                    .iter()
+                    .any(|r| matches!(r, Enqueued::Created { .. }));
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+                if created {
+                    wakeup.notify_one();
+                }
+            }
+            Err(e) => {
+                tracing::error!(message = "Group commit failed.", error = %e, batch = pushes.len());
+                let msg = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Decode(format!("commit failed: {msg}"))));
+                }
+            }
+        }
+    }
+}
+
+async fn commit_batch(pool: &SqlitePool, pushes: &[NewPush]) -> Result<Vec<Enqueued>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut results: Vec<Option<Enqueued>> = vec![None; pushes.len()];
+    // Keys seen earlier in this same batch: (tenant, key) -> (id, request_hash).
+    let mut batch_keys: HashMap<(&str, &str), (&str, Option<&str>)> = HashMap::new();
+    let mut plain = Vec::with_capacity(pushes.len());
+    for (i, p) in pushes.iter().enumerate() {
+        if let Some(key) = p.idempotency_key.as_deref() {
+            let earlier = match batch_keys.get(&(p.tenant.as_str(), key)) {
+                Some((id, hash)) => {
+                    Some((id.to_string(), hash.map(str::to_owned), PushState::Queued))
+                }
+                None => {
+                    let row = sqlx::query(
+                        "SELECT id, request_hash, state FROM pushes WHERE tenant = ? AND idempotency_key = ?",
+                    )
+                    .bind(&p.tenant)
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match row {
+                        Some(r) => Some((
+                            r.try_get::<String, _>("id")?,
+                            r.try_get::<Option<String>, _>("request_hash")?,
+                            parse_state(&r.try_get::<String, _>("state")?)?,
+                        )),
+                        None => None,
+                    }
+                }
+            };
+            if let Some((id, hash, state)) = earlier {
+                results[i] = Some(if hash == p.request_hash {
+                    Enqueued::Replayed { id, state }
+                } else {
+                    Enqueued::KeyConflict { id }
+                });
+                continue;
+            }
+            batch_keys.insert(
+                (p.tenant.as_str(), key),
+                (p.id.as_str(), p.request_hash.as_deref()),
+            );
+        }
+        if let Some(ck) = p.collapse_key.as_deref() {
+            // Insert the rows before this one first, so that an earlier push of the same batch
+            // with the same collapse key is superseded too.
+            insert_pushes(&mut tx, &plain).await?;
+            plain.clear();
+            supersede(&mut tx, &p.tenant, ck, &p.id, p.created_at_ms).await?;
+        }
+        plain.push(p);
+        results[i] = Some(Enqueued::Created { id: p.id.clone() });
+    }
+    insert_pushes(&mut tx, &plain).await?;
+    tx.commit().await?;
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or(Enqueued::KeyConflict { id: String::new() }))
+        .collect())
+}
+
+async fn supersede(
+    tx: &mut Transaction<'_, Sqlite>,
+    tenant: &str,
+    collapse_key: &str,
+    by: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let ids: Vec<(String, i64)> = sqlx::query_as(
+        "UPDATE pushes SET state = 'superseded', updated_at = ?1
+         WHERE tenant = ?2 AND collapse_key = ?3 AND state IN ('queued', 'retry_wait')
+         RETURNING id, attempts",
+    )
+    .bind(now_ms)
+    .bind(tenant)
+    .bind(collapse_key)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (id, attempts) in ids {
+        insert_event(
+            tx,
+            &id,
+            now_ms,
+            PushState::Superseded,
+            None,
+            attempts as u32,
+            &format!("superseded by {by}"),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn insert_pushes(
+    tx: &mut Transaction<'_, Sqlite>,
+    pushes: &[&NewPush],
+) -> Result<(), StoreError> {
+    for chunk in pushes.chunks(INSERT_CHUNK) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO pushes (id, tenant, device_id, bindings, binding_choice, binding_index,
+             content_type, body, priority, state, attempts, max_attempts, created_at, updated_at,
+             not_before, expires_at, next_attempt_at, idempotency_key, request_hash, collapse_key,
+             callback_url) ",
+        );
+        q.push_values(chunk, |mut b, p| {
+            b.push_bind(&p.id)
+                .push_bind(&p.tenant)
+                .push_bind(&p.device_id)
+                .push_bind(to_json(&p.bindings))
+                .push_bind(p.binding_choice.map(BindingKind::as_str))
+                .push_bind(0i64)
+                .push_bind(p.content_type.as_str())
+                .push_bind(&p.body)
+                .push_bind(p.priority)
+                .push_bind(PushState::Queued.as_str())
+                .push_bind(0i64)
+                .push_bind(p.max_attempts as i64)
+                .push_bind(p.created_at_ms)
+                .push_bind(p.created_at_ms)
+                .push_bind(p.not_before_ms)
+                .push_bind(p.expires_at_ms)
+                .push_bind(p.not_before_ms)
+                .push_bind(&p.idempotency_key)
+                .push_bind(&p.request_hash)
+                .push_bind(&p.collapse_key)
+                .push_bind(&p.callback_url);
+        });
+        q.build().execute(&mut **tx).await?;
+
+        let mut e: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO push_events (push_id, at, state, binding, attempt, detail) ",
+        );
+        e.push_values(chunk, |mut b, p| {
+            b.push_bind(&p.id)
+                .push_bind(p.created_at_ms)
+                .push_bind(PushState::Queued.as_str())
+                .push_bind(None::<&str>)
+                .push_bind(0i64)
+                .push_bind("accepted");
+        });
+        e.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+async fn insert_event(
+    tx: &mut Transaction<'_, Sqlite>,
+    push_id: &str,
+    at_ms: i64,
+    state: PushState,
+    binding: Option<BindingKind>,
+    attempt: u32,
+    detail: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO push_events (push_id, at, state, binding, attempt, detail) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(push_id)
+        .bind(at_ms)
+        .bind(state.as_str())
+        .bind(binding.map(BindingKind::as_str))
+        .bind(attempt as i64)
+        .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// After refs or receipts change: the push's final state if its refs decide one.
+async fn settle_refs(
+    tx: &mut Transaction<'_, Sqlite>,
+    push_id: &str,
+    now_ms: i64,
+) -> Result<Option<PushState>, StoreError> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT status, detail FROM push_refs WHERE push_id = ?")
+            .bind(push_id)
+            .fetch_all(&mut **tx)
+            .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let failed = rows.iter().find(|(s, _)| s == "failed");
+    let (state, detail) = if let Some((_, d)) = failed {
+        (PushState::Failed, format!("receipt: {d}"))
+    } else if rows.iter().all(|(s, _)| s == "delivered") {
+        let d = rows.last().map(|(_, d)| d.clone()).unwrap_or_default();
+        (PushState::Delivered, format!("receipt: {d}"))
+    } else {
+        return Ok(None);
+    };
+    let row = sqlx::query(
+        "UPDATE pushes SET state = ?1, updated_at = ?2 WHERE id = ?3 AND state = 'accepted'
+         RETURNING attempts, last_binding",
+    )
+    .bind(state.as_str())
+    .bind(now_ms)
+    .bind(push_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let attempts: i64 = row.try_get("attempts")?;
+    let binding: Option<String> = row.try_get("last_binding")?;
+    insert_event(
+        tx,
+        push_id,
+        now_ms,
+        state,
+        binding.as_deref().and_then(BindingKind::parse),
+        attempts as u32,
+        &detail,
+    )
+    .await?;
+    Ok(Some(state))
+}
+
+fn device_from_row(r: &SqliteRow) -> Result<Device, StoreError> {
+    let dm: Option<String> = r.try_get("dm")?;
+    Ok(Device {
+        tenant: r.try_get("tenant")?,
+        id: r.try_get("id")?,
+        bindings: from_json(&r.try_get::<String, _>("bindings")?, "device bindings")?,
+        dm: dm
+            .map(|s| from_json(&s, "device dm credentials"))
+            .transpose()?,
+        created_at_ms: r.try_get("created_at")?,
+        updated_at_ms: r.try_get("updated_at")?,
+    })
+}
+
+const PUSH_COLUMNS: &str =
+    "id, tenant, device_id, state, binding_choice, last_binding, attempts, priority,
+    content_type, created_at, updated_at, not_before, expires_at, collapse_key, idempotency_key";
+
+fn push_from_row(r: &SqliteRow) -> Result<PushRecord, StoreError> {
+    Ok(PushRecord {
+        id: r.try_get("id")?,
+        tenant: r.try_get("tenant")?,
+        device_id: r.try_get("device_id")?,
+        state: parse_state(&r.try_get::<String, _>("state")?)?,
+        binding_choice: parse_binding(r.try_get("binding_choice")?, "binding_choice")?,
+        last_binding: parse_binding(r.try_get("last_binding")?, "last_binding")?,
+        attempts: r.try_get::<i64, _>("attempts")? as u32,
+        priority: r.try_get::<i64, _>("priority")? as i16,
+        content_type: parse_content_type(&r.try_get::<String, _>("content_type")?)?,
+        created_at_ms: r.try_get("created_at")?,
+        updated_at_ms: r.try_get("updated_at")?,
+        not_before_ms: r.try_get("not_before")?,
+        expires_at_ms: r.try_get("expires_at")?,
+        collapse_key: r.try_get("collapse_key")?,
+        idempotency_key: r.try_get("idempotency_key")?,
+        events: Vec::new(),
+    })
+}
+
+fn claimed_from_row(r: &SqliteRow) -> Result<Claimed, StoreError> {
+    Ok(Claimed {
+        id: r.try_get("id")?,
+        tenant: r.try_get("tenant")?,
+        device_id: r.try_get("device_id")?,
+        bindings: from_json(&r.try_get::<String, _>("bindings")?, "push bindings")?,
+        binding_choice: parse_binding(r.try_get("binding_choice")?, "binding_choice")?,
+        binding_index: r.try_get::<i64, _>("binding_index")? as u32,
+        content_type: parse_content_type(&r.try_get::<String, _>("content_type")?)?,
+        body: r.try_get("body")?,
+        attempt: r.try_get::<i64, _>("attempts")? as u32,
+        max_attempts: r.try_get::<i64, _>("max_attempts")? as u32,
+        created_at_ms: r.try_get("created_at")?,
+        expires_at_ms: r.try_get("expires_at")?,
+        callback_url: r.try_get("callback_url")?,
+    })
+}
+
+const CLAIM_RETURNING: &str =
+    "RETURNING id, tenant, device_id, bindings, binding_choice, binding_index,
+    content_type, body, attempts, max_attempts, created_at, expires_at, callback_url";
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        // The writer must be usable too: readiness means pushes can be accepted.
+        sqlx::query("SELECT 1").execute(&self.write).await?;
+        Ok(())
+    }
+
+    async fn put_device(&self, d: &Device) -> Result<bool, StoreError> {
+        let existed: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO devices (tenant, id, bindings, dm, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+             ON CONFLICT (tenant, id) DO UPDATE SET bindings = excluded.bindings, dm = excluded.dm,
+                 updated_at = excluded.updated_at
+             RETURNING created_at",
+        )
+        .bind(&d.tenant)
+        .bind(&d.id)
+        .bind(to_json(&d.bindings))
+        .bind(d.dm.as_ref().map(to_json))
+        .bind(d.updated_at_ms)
+        .fetch_optional(&self.write)
+        .await?;
+        let created = existed == Some(d.updated_at_ms);
+        let mut stored = d.clone();
+        if let Some(c) = existed {
+            stored.created_at_ms = c;
+        }
+        self.cache_put((d.tenant.clone(), d.id.clone()), Some(stored));
+        Ok(created)
+    }
+
+    async fn get_device(&self, tenant: &str, id: &str) -> Result<Option<Device>, StoreError> {
+        let key = (tenant.to_owned(), id.to_owned());
+        if let Some(hit) = lock(&self.devices).get(&key) {
+            return Ok(hit.clone());
+        }
+        let device = sqlx::query("SELECT * FROM devices WHERE tenant = ? AND id = ?")
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?
+            .as_ref()
+            .map(device_from_row)
+            .transpose()?;
+        let mut cache = lock(&self.devices);
+        if cache.len() >= DEVICE_CACHE_MAX {
+            cache.clear();
+        }
+        cache.entry(key).or_insert_with(|| device.clone());
+        Ok(device)
+    }
+
+    async fn delete_device(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM devices WHERE tenant = ? AND id = ?")
+            .bind(tenant)
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        self.cache_put((tenant.to_owned(), id.to_owned()), None);
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn list_devices(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Device>, StoreError> {
+        sqlx::query("SELECT * FROM devices WHERE tenant = ? AND id > ? ORDER BY id LIMIT ?")
+            .bind(tenant)
+            .bind(after.unwrap_or(""))
+            .bind(limit as i64)
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(device_from_row)
+            .collect()
+    }
+
+    async fn enqueue(&self, push: NewPush) -> Result<Enqueued, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue_tx
+            .send((push, tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn get_push(&self, tenant: &str, id: &str) -> Result<Option<PushRecord>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {PUSH_COLUMNS} FROM pushes WHERE tenant = ? AND id = ?"
+        )))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut push = push_from_row(&row)?;
+        let events = sqlx::query(
+            "SELECT at, state, binding, attempt, detail FROM push_events WHERE push_id = ? ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.read)
+        .await?;
+        for e in events {
+            push.events.push(PushEvent {
+                at_ms: e.try_get("at")?,
+                state: parse_state(&e.try_get::<String, _>("state")?)?,
+                binding: parse_binding(e.try_get("binding")?, "binding")?,
+                attempt: e.try_get::<i64, _>("attempt")? as u32,
+                detail: e.try_get("detail")?,
+            });
+        }
+        Ok(Some(push))
+    }
+
+    async fn list_pushes(
+        &self,
+        tenant: &str,
+        f: &PushFilter,
+    ) -> Result<Vec<PushRecord>, StoreError> {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("SELECT {PUSH_COLUMNS} FROM pushes WHERE tenant = "));
+        q.push_bind(tenant);
+        if let Some(d) = &f.device {
+            q.push(" AND device_id = ").push_bind(d);
+        }
+        if let Some(s) = f.state {
+            q.push(" AND state = ").push_bind(s.as_str());
+        }
+        if let Some(b) = &f.before {
+            q.push(" AND id < ").push_bind(b);
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit as i64);
+        q.build()
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(push_from_row)
+            .collect()
+    }
+
+    async fn cancel(
+        &self,
+        tenant: &str,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<CancelResult, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query(
+            "UPDATE pushes SET state = 'cancelled', updated_at = ?1
+             WHERE tenant = ?2 AND id = ?3 AND state IN ('queued', 'retry_wait') RETURNING attempts",
+        )
+        .bind(now_ms)
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let result = match row {
+            Some(r) => {
+                let attempts: i64 = r.try_get("attempts")?;
+                insert_event(
+                    &mut tx,
+                    id,
+                    now_ms,
+                    PushState::Cancelled,
+                    None,
+                    attempts as u32,
+                    "cancelled by client",
+                )
+                .await?;
+                CancelResult::Cancelled
+            }
+            None => {
+                let state: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM pushes WHERE tenant = ? AND id = ?")
+                        .bind(tenant)
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                match state {
+                    Some(s) => CancelResult::TooLate(parse_state(&s)?),
+                    None => CancelResult::NotFound,
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let until = now_ms + lease.as_millis() as i64;
+        let mut tx = self.write.begin().await?;
+        // Takeover first: a crashed worker's pushes are older than anything newly due.
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE pushes SET lease_owner = ?1, lease_until = ?2, attempts = attempts + 1, updated_at = ?3
+             WHERE id IN (SELECT id FROM pushes WHERE state = 'sending' AND lease_until <= ?3 LIMIT ?4)
+             {CLAIM_RETURNING}"
+        )))
+        .bind(owner)
+        .bind(until)
+        .bind(now_ms)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        // Due pushes, high priority first. One range scan per priority level (the API knows
+        // 1 = high and 0 = normal): with the level fixed, the `pushes_due` index yields rows in
+        // `next_attempt_at` order and the scan stops at the first one not yet due — instead of
+        // walking every waiting push (e.g. a million scheduled for tomorrow) on each claim.
+        for priority in [1i64, 0] {
+            let left = limit as i64 - rows.len() as i64;
+            if left <= 0 {
+                break;
+            }
+            rows.extend(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE pushes SET state = 'sending', lease_owner = ?1, lease_until = ?2,
+                         attempts = attempts + 1, updated_at = ?3
+                     WHERE id IN (SELECT id FROM pushes INDEXED BY pushes_due
+                                  WHERE state IN ('queued', 'retry_wait') AND priority = ?5
+                                    AND next_attempt_at <= ?3 AND expires_at > ?3
+                                  ORDER BY priority DESC, next_attempt_at LIMIT ?4)
+                     {CLAIM_RETURNING}"
+                )))
+                .bind(owner)
+                .bind(until)
+                .bind(now_ms)
+                .bind(left)
+                .bind(priority)
+                .fetch_all(&mut *tx)
+                .await?,
+            );
+        }
+        tx.commit().await?;
+        rows.iter().map(claimed_from_row).collect()
+    }
+
+    async fn complete(&self, batch: Vec<Completion>) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write.begin().await?;
+        for c in &batch {
+            let (state, next_at, index, attempts_delta) = match &c.next {
+                Next::Delivered => (PushState::Delivered, None, None, 0),
+                Next::Accepted { .. } => (PushState::Accepted, None, None, 0),
+                Next::RetryAt { at_ms } => (PushState::RetryWait, Some(*at_ms), None, 0),
+                Next::Fallback { binding_index } => {
+                    (PushState::Queued, Some(c.at_ms), Some(*binding_index), 0)
+                }
+                Next::Failed => (PushState::Failed, None, None, 0),
+                Next::Expired => (PushState::Expired, None, None, 0),
+                Next::Release => (PushState::Queued, Some(c.at_ms), None, -1),
+            };
+            let r = sqlx::query(
+                "UPDATE pushes SET state = ?1, next_attempt_at = COALESCE(?2, next_attempt_at),
+                     binding_index = COALESCE(?3, binding_index), attempts = attempts + ?4,
+                     last_binding = COALESCE(?5, last_binding), updated_at = ?6,
+                     lease_owner = NULL, lease_until = NULL
+                 WHERE id = ?7 AND state = 'sending' AND lease_owner = ?8",
+            )
+            .bind(state.as_str())
+            .bind(next_at)
+            .bind(index.map(i64::from))
+            .bind(attempts_delta)
+            .bind(c.binding.map(BindingKind::as_str))
+            .bind(c.at_ms)
+            .bind(&c.push_id)
+            .bind(&c.owner)
+            .execute(&mut *tx)
+            .await?;
+            if r.rows_affected() == 0 {
+                tracing::warn!(message = "Completion ignored: lease lost.", push_id = %c.push_id, owner = %c.owner);
+                continue;
+            }
+            let attempt = if matches!(c.next, Next::Release) {
+                c.attempt.saturating_sub(1)
+            } else {
+                c.attempt
+            };
+            insert_event(
+                &mut tx, &c.push_id, c.at_ms, state, c.binding, attempt, &c.detail,
+            )
+            .await?;
+            if let (Next::Accepted { refs }, Some(binding)) = (&c.next, c.binding) {
+                for reference in refs {
+                    sqlx::query(
+                        "INSERT INTO push_refs (binding, reference, push_id, status, updated_at)
+                         VALUES (?1, ?2, ?3, 'pending', ?4)
+                         ON CONFLICT (binding, reference) DO UPDATE SET push_id = excluded.push_id",
+                    )
+                    .bind(binding.as_str())
+                    .bind(reference)
+                    .bind(&c.push_id)
+                    .bind(c.at_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                settle_refs(&mut tx, &c.push_id, c.at_ms).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn renew(&self, owner: &str, ids: &[String], until_ms: i64) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE pushes SET lease_until = ");
+        q.push_bind(until_ms)
+            .push(" WHERE state = 'sending' AND lease_owner = ")
+            .push_bind(owner)
+            .push(" AND id IN (");
+        let mut sep = q.separated(", ");
+        for id in ids {
+            sep.push_bind(id);
+        }
+        q.push(")");
+        q.build().execute(&self.write).await?;
+        Ok(())
+    }
+
+    async fn expire(&self, now_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let rows: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+            "UPDATE pushes SET state = 'expired', updated_at = ?1
+             WHERE id IN (SELECT id FROM pushes WHERE state IN ('queued', 'retry_wait')
+                          AND expires_at <= ?1 LIMIT ?2)
+             RETURNING id, attempts, last_binding",
+        )
+        .bind(now_ms)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id, attempts, binding) in &rows {
+            let binding = binding.as_deref().and_then(BindingKind::parse);
+            insert_event(
+                &mut tx,
+                id,
+                now_ms,
+                PushState::Expired,
+                binding,
+                *attempts as u32,
+                "ttl passed",
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn apply_receipt(&self, r: &Receipt, now_ms: i64) -> Result<ReceiptEffect, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let status = if r.delivered { "delivered" } else { "failed" };
+        let push_id: Option<Option<String>> = sqlx::query_scalar(
+            "INSERT INTO push_refs (binding, reference, push_id, status, detail, updated_at)
+             VALUES (?1, ?2, NULL, ?3, ?4, ?5)
+             ON CONFLICT (binding, reference) DO UPDATE SET status = excluded.status,
+                 detail = excluded.detail, updated_at = excluded.updated_at
+             RETURNING push_id",
+        )
+        .bind(r.binding.as_str())
+        .bind(&r.reference)
+        .bind(status)
+        .bind(&r.detail)
+        .bind(now_ms)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let effect = match push_id.flatten() {
+            None => ReceiptEffect::Pending,
+            Some(push_id) => match settle_refs(&mut tx, &push_id, now_ms).await? {
+                Some(state) => ReceiptEffect::Finished { push_id, state },
+                None => {
+                    let state: Option<String> =
+                        sqlx::query_scalar("SELECT state FROM pushes WHERE id = ?")
+                            .bind(&push_id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    if state.as_deref() == Some("accepted") {
+                        ReceiptEffect::Partial { push_id }
+                    } else {
+                        ReceiptEffect::Ignored { push_id }
+                    }
+                }
+            },
+        };
+        tx.commit().await?;
+        Ok(effect)
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        // Per priority level, so that each MIN is the first entry of the `pushes_due` index.
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(m) FROM (
+                 SELECT MIN(next_attempt_at) AS m FROM pushes INDEXED BY pushes_due
+                  WHERE state IN ('queued', 'retry_wait') AND priority = 1
+                 UNION ALL
+                 SELECT MIN(next_attempt_at) FROM pushes INDEXED BY pushes_due
+                  WHERE state IN ('queued', 'retry_wait') AND priority = 0)",
+        )
+        .fetch_one(&self.read)
+        .await?)
+    }
+
+    async fn queue_depth(&self) -> Result<Vec<(PushState, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM pushes GROUP BY state")
+                .fetch_all(&self.read)
+                .await?;
+        rows.into_iter()
+            .map(|(s, n)| Ok((parse_state(&s)?, n as u64)))
+            .collect()
+    }
+
+    fn wakeup(&self) -> Arc<Notify> {
+        self.wakeup.clone()
+    }
+}
