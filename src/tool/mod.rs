@@ -1,0 +1,3 @@
+//! Operator tools behind `dmpushd <subcommand>`.
+
+pub mod encode;
