@@ -1,12 +1,16 @@
 //! PostgreSQL-specific behaviour beyond the conformance suite: TLS to the database, NOTIFY
-//! wake-ups across replicas, concurrent start-up migrations, error classification.
+//! wake-ups across replicas, the device cache's invalidation by NOTIFY, concurrent start-up
+//! migrations, error classification.
 
 mod store_support;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use dmpushd::store::{Enqueued, Store, StoreOptions, postgres::PgStore};
-use store_support::{PgDb, push};
+use dmpushd::{
+    binding::DeviceBinding,
+    store::{Device, Enqueued, Store, StoreOptions, postgres::PgStore},
+};
+use store_support::{PgDb, push, wap};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_sslmode_require() {
@@ -107,4 +111,137 @@ async fn unreachable_database_is_a_transient_error() {
         Err(_) => panic!("open did not give up within its acquire timeout"),
     };
     assert!(err.is_transient(), "{err}");
+}
+
+fn device(msisdn: &str) -> Device {
+    Device {
+        tenant: "t1".into(),
+        id: "dev-cache".into(),
+        bindings: vec![wap(msisdn)],
+        dm: None,
+        created_at_ms: 1_000,
+        updated_at_ms: 1_000,
+    }
+}
+
+/// Polls `get_device` on `store` until it returns what `want` accepts: another replica's change
+/// arrives by NOTIFY, so "eventually, soon" is the contract; the deadline is generous for CI.
+async fn until_seen(store: &Arc<dyn Store>, want: impl Fn(&Option<Device>) -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = store.get_device("t1", "dev-cache").await.unwrap();
+        if want(&got) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: replica still reads {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn msisdn_of(d: &Option<Device>) -> Option<String> {
+    match d.as_ref()?.bindings.first()? {
+        DeviceBinding::Wap { msisdn, .. } => msisdn.clone(),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_cache_follows_changes_made_by_other_replicas_and_by_hand() {
+    let Some(db) = PgDb::create().await else {
+        return;
+    };
+    let a = db.open().await;
+    let b = db.open().await;
+    for s in [&a, &b] {
+        tokio::time::timeout(Duration::from_secs(10), s.wakeup().notified())
+            .await
+            .expect("LISTEN connection is up");
+    }
+    assert!(a.put_device(&device("+15550000001")).await.unwrap());
+    // Read-your-writes on the writing replica, at once.
+    assert_eq!(
+        msisdn_of(&a.get_device("t1", "dev-cache").await.unwrap()).as_deref(),
+        Some("+15550000001")
+    );
+    // B reads (and caches) version 1, then A changes the device.
+    assert_eq!(
+        msisdn_of(&b.get_device("t1", "dev-cache").await.unwrap()).as_deref(),
+        Some("+15550000001")
+    );
+    let mut v2 = device("+15550000002");
+    v2.updated_at_ms = 2_000;
+    assert!(!a.put_device(&v2).await.unwrap(), "an update, not a create");
+    until_seen(
+        &b,
+        |d| msisdn_of(d).as_deref() == Some("+15550000002"),
+        "update on replica A",
+    )
+    .await;
+    let got = b.get_device("t1", "dev-cache").await.unwrap().unwrap();
+    assert_eq!(
+        (got.created_at_ms, got.updated_at_ms),
+        (1_000, 2_000),
+        "created_at is the first registration's"
+    );
+
+    // An operator's SQL bypasses dmpushd entirely; the trigger still tells every replica.
+    let admin = PgStore::connect(&db.options()).await.unwrap();
+    let v3 = serde_json::to_string(&vec![wap("+15550000003")]).unwrap();
+    sqlx::query("UPDATE devices SET bindings = $1 WHERE tenant = 't1' AND id = 'dev-cache'")
+        .bind(&v3)
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    for s in [&a, &b] {
+        until_seen(
+            s,
+            |d| msisdn_of(d).as_deref() == Some("+15550000003"),
+            "UPDATE by hand",
+        )
+        .await;
+    }
+
+    // The listener's connection dies; a change made while it is down must not be missed: the
+    // cache is off until LISTEN is back and then starts empty.
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_all(admin.pool())
+    .await
+    .unwrap();
+    assert!(
+        killed.len() >= 2,
+        "both replicas' listeners found: {killed:?}"
+    );
+    let v4 = serde_json::to_string(&vec![wap("+15550000004")]).unwrap();
+    sqlx::query("UPDATE devices SET bindings = $1 WHERE tenant = 't1' AND id = 'dev-cache'")
+        .bind(&v4)
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    for s in [&a, &b] {
+        until_seen(
+            s,
+            |d| msisdn_of(d).as_deref() == Some("+15550000004"),
+            "UPDATE while LISTEN was down",
+        )
+        .await;
+    }
+
+    // Deletion on A reaches B.
+    assert!(a.delete_device("t1", "dev-cache").await.unwrap());
+    assert_eq!(a.get_device("t1", "dev-cache").await.unwrap(), None);
+    until_seen(&b, |d| d.is_none(), "delete on replica A").await;
+    // And re-registration after deletion too (B cached the absence).
+    assert!(a.put_device(&device("+15550000005")).await.unwrap());
+    until_seen(
+        &b,
+        |d| msisdn_of(d).as_deref() == Some("+15550000005"),
+        "re-registration",
+    )
+    .await;
 }

@@ -17,8 +17,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::binding::{BindingKind, ContentType, DeviceBinding, Receipt};
 
+mod device_cache;
 pub mod postgres;
 pub mod sqlite;
+
+pub use device_cache::{DeviceCache, Ticket as DeviceCacheTicket};
 
 /// Push states (DESIGN §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

@@ -12,6 +12,10 @@
 //! * **Wake-ups.** Every commit that makes work due sends `NOTIFY dmpushd_wakeup`; a listener task
 //!   on each replica turns notifications into [`Store::wakeup`] signals. The dispatcher polls
 //!   anyway, so a lost notification only delays.
+//! * **Device cache.** Every submit reads its device. A trigger (`migrations/postgres/0002`)
+//!   sends `NOTIFY dmpushd_devices` with `[tenant, id]` on every device change, and the same
+//!   listener drops that entry from each replica's [`DeviceCache`]; while the listener is
+//!   disconnected the cache is off (reads go to the database) and it restarts empty.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -28,14 +32,16 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    CancelResult, Claimed, Completion, Device, Enqueued, NewPush, Next, PushEvent, PushFilter,
-    PushRecord, PushState, ReceiptEffect, Store, StoreError, StoreOptions, from_json,
+    CancelResult, Claimed, Completion, Device, DeviceCache, Enqueued, NewPush, Next, PushEvent,
+    PushFilter, PushRecord, PushState, ReceiptEffect, Store, StoreError, StoreOptions, from_json,
     parse_binding, parse_content_type, parse_state, to_json,
 };
 use crate::binding::{BindingKind, Receipt};
 
 /// NOTIFY channel shared by all replicas of one database.
 pub const WAKEUP_CHANNEL: &str = "dmpushd_wakeup";
+/// NOTIFY channel of device changes (payload `[tenant, id]` as JSON, or `*` for all).
+pub const DEVICES_CHANNEL: &str = "dmpushd_devices";
 
 /// Scheduler yields a writer spends gathering more pushes before it commits a batch.
 const COALESCE_YIELDS: usize = 4;
@@ -57,6 +63,7 @@ pub struct PgStore {
     pool: PgPool,
     jobs: mpsc::Sender<Job>,
     wake: Arc<Notify>,
+    devices: Arc<DeviceCache>,
     /// Stops the LISTEN task when the store is dropped (writers stop when `jobs` is dropped).
     _stop: DropGuard,
 }
@@ -101,11 +108,19 @@ impl PgStore {
             tokio::spawn(writer(pool.clone(), rx.clone(), max_batch, wake.clone()));
         }
         let stop = CancellationToken::new();
-        tokio::spawn(listen(pool.clone(), wake.clone(), stop.clone()));
+        // Off until the listener is subscribed: only then are other replicas' changes seen.
+        let devices = Arc::new(DeviceCache::new(false));
+        tokio::spawn(listen(
+            pool.clone(),
+            wake.clone(),
+            devices.clone(),
+            stop.clone(),
+        ));
         Ok(Self {
             pool,
             jobs,
             wake,
+            devices,
             _stop: stop.drop_guard(),
         })
     }
@@ -184,32 +199,60 @@ async fn writer(
     }
 }
 
-/// Turns NOTIFY from any replica into local wake-ups; reconnects after connection loss.
-async fn listen(pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
+/// Turns NOTIFY from any replica into local wake-ups and device-cache invalidations;
+/// reconnects after connection loss.
+async fn listen(
+    pool: PgPool,
+    wake: Arc<Notify>,
+    devices: Arc<DeviceCache>,
+    stop: CancellationToken,
+) {
     loop {
         let attempt = async {
             let mut l = PgListener::connect_with(&pool).await?;
-            l.listen(WAKEUP_CHANNEL).await?;
-            // Notifications sent while we were not listening are lost: look once.
+            l.listen_all([WAKEUP_CHANNEL, DEVICES_CHANNEL]).await?;
+            // Notifications sent while we were not listening are lost: look once, and forget
+            // every device (the cache was off meanwhile, but may hold entries from before).
+            devices.reset(true);
             wake.notify_one();
-            loop {
-                l.recv().await?;
-                wake.notify_one();
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), sqlx::Error>(())
-        };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            r = attempt => {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "LISTEN {WAKEUP_CHANNEL} failed; polling only until reconnected");
+            // `try_recv`, not `recv`: `recv` reconnects silently and would hide the gap in
+            // which invalidations were lost.
+            while let Some(n) = l.try_recv().await? {
+                if n.channel() == DEVICES_CHANNEL {
+                    invalidate(&devices, n.payload());
+                } else {
+                    wake.notify_one();
                 }
             }
+            Err::<(), sqlx::Error>(sqlx::Error::Protocol("LISTEN connection closed".into()))
+        };
+        let r = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = attempt => r,
+        };
+        devices.reset(false);
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "LISTEN failed; polling and uncached device reads until reconnected");
         }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Applies one `dmpushd_devices` payload; anything unexpected clears the whole cache (safe).
+fn invalidate(devices: &DeviceCache, payload: &str) {
+    match serde_json::from_str::<(String, String)>(payload) {
+        Ok((tenant, id)) => devices.invalidate(&tenant, &id),
+        Err(_) => {
+            if payload != "*" {
+                tracing::warn!(
+                    payload,
+                    "unexpected device notification; clearing the device cache"
+                );
+            }
+            devices.reset(true);
         }
     }
 }
@@ -625,12 +668,12 @@ impl Store for PgStore {
 
     async fn put_device(&self, d: &Device) -> Result<bool, StoreError> {
         // xmax = 0 only on a freshly inserted row version: tells insert from update.
-        let created: bool = sqlx::query_scalar(
+        let row = sqlx::query(
             "INSERT INTO devices (tenant, id, bindings, dm, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (tenant, id) DO UPDATE SET bindings = EXCLUDED.bindings, \
                  dm = EXCLUDED.dm, updated_at = EXCLUDED.updated_at \
-             RETURNING (xmax = 0)",
+             RETURNING (xmax = 0) AS created, created_at",
         )
         .bind(&d.tenant)
         .bind(&d.id)
@@ -640,11 +683,20 @@ impl Store for PgStore {
         .bind(d.updated_at_ms)
         .fetch_one(&self.pool)
         .await?;
+        let created: bool = row.try_get("created")?;
+        let mut stored = d.clone();
+        stored.created_at_ms = row.try_get("created_at")?;
+        // Read-your-writes on this replica at once; others learn it from the trigger's NOTIFY.
+        self.devices.put(&d.tenant, &d.id, Some(stored));
         Ok(created)
     }
 
     async fn get_device(&self, tenant: &str, id: &str) -> Result<Option<Device>, StoreError> {
-        sqlx::query(
+        let ticket = match self.devices.get(tenant, id) {
+            Ok(hit) => return Ok(hit),
+            Err(ticket) => ticket,
+        };
+        let device = sqlx::query(
             "SELECT tenant, id, bindings, dm, created_at, updated_at FROM devices \
              WHERE tenant = $1 AND id = $2",
         )
@@ -654,7 +706,9 @@ impl Store for PgStore {
         .await?
         .as_ref()
         .map(device_of)
-        .transpose()
+        .transpose()?;
+        self.devices.fill(ticket, tenant, id, device.as_ref());
+        Ok(device)
     }
 
     async fn delete_device(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
@@ -663,6 +717,7 @@ impl Store for PgStore {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.devices.put(tenant, id, None);
         Ok(r.rows_affected() > 0)
     }
 

@@ -17,8 +17,8 @@ use sqlx::{
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{
-    CancelResult, Claimed, Completion, Device, Enqueued, NewPush, Next, PushEvent, PushFilter,
-    PushRecord, PushState, ReceiptEffect, Store, StoreError, StoreOptions, from_json,
+    CancelResult, Claimed, Completion, Device, DeviceCache, Enqueued, NewPush, Next, PushEvent,
+    PushFilter, PushRecord, PushState, ReceiptEffect, Store, StoreError, StoreOptions, from_json,
     parse_binding, parse_content_type, parse_state, to_json,
 };
 use crate::binding::{BindingKind, Receipt};
@@ -39,15 +39,11 @@ pub struct SqliteStore {
     read: SqlitePool,
     enqueue_tx: mpsc::Sender<(NewPush, EnqueueReply)>,
     wakeup: Arc<Notify>,
-    /// Devices by (tenant, id); `None` = known deleted. Every submit reads its device, so this
-    /// keeps a database round trip off the accept path. Exact because this process is the only
-    /// writer of the file: writes go through `put_device`/`delete_device`, which update it after
-    /// commit (a concurrent miss only fills an absent entry, so it can never resurrect a stale one).
-    devices: std::sync::Mutex<HashMap<(String, String), Option<Device>>>,
+    /// Every submit reads its device, so this keeps a database round trip off the accept path.
+    /// Always enabled: this process is the only writer of the file, and its device writes
+    /// update the cache after commit.
+    devices: DeviceCache,
 }
-
-/// Entries kept before the device cache is reset.
-const DEVICE_CACHE_MAX: usize = 100_000;
 
 impl SqliteStore {
     pub async fn open(opts: &StoreOptions) -> Result<Self, StoreError> {
@@ -88,24 +84,9 @@ impl SqliteStore {
             read,
             enqueue_tx,
             wakeup,
-            devices: Default::default(),
+            devices: DeviceCache::new(true),
         })
     }
-}
-
-impl SqliteStore {
-    fn cache_put(&self, key: (String, String), device: Option<Device>) {
-        let mut cache = lock(&self.devices);
-        if cache.len() >= DEVICE_CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(key, device);
-    }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The map stays consistent even if a holder panicked (single insert/remove per lock).
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn create_parent_dir(url: &str) {
@@ -461,15 +442,15 @@ impl Store for SqliteStore {
         if let Some(c) = existed {
             stored.created_at_ms = c;
         }
-        self.cache_put((d.tenant.clone(), d.id.clone()), Some(stored));
+        self.devices.put(&d.tenant, &d.id, Some(stored));
         Ok(created)
     }
 
     async fn get_device(&self, tenant: &str, id: &str) -> Result<Option<Device>, StoreError> {
-        let key = (tenant.to_owned(), id.to_owned());
-        if let Some(hit) = lock(&self.devices).get(&key) {
-            return Ok(hit.clone());
-        }
+        let ticket = match self.devices.get(tenant, id) {
+            Ok(hit) => return Ok(hit),
+            Err(ticket) => ticket,
+        };
         let device = sqlx::query("SELECT * FROM devices WHERE tenant = ? AND id = ?")
             .bind(tenant)
             .bind(id)
@@ -478,11 +459,7 @@ impl Store for SqliteStore {
             .as_ref()
             .map(device_from_row)
             .transpose()?;
-        let mut cache = lock(&self.devices);
-        if cache.len() >= DEVICE_CACHE_MAX {
-            cache.clear();
-        }
-        cache.entry(key).or_insert_with(|| device.clone());
+        self.devices.fill(ticket, tenant, id, device.as_ref());
         Ok(device)
     }
 
@@ -492,7 +469,7 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&self.write)
             .await?;
-        self.cache_put((tenant.to_owned(), id.to_owned()), None);
+        self.devices.put(tenant, id, None);
         Ok(r.rows_affected() > 0)
     }
 
