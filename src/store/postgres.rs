@@ -306,6 +306,89 @@ impl Events {
     }
 }
 
+/// The row change a completion makes: (state, next_attempt_at, binding_index, attempts to take
+/// back).
+fn completion_effect(c: &Completion) -> (PushState, Option<i64>, Option<i32>, i32) {
+    match &c.next {
+        Next::Delivered => (PushState::Delivered, None, None, 0),
+        Next::Accepted { .. } => (PushState::Accepted, None, None, 0),
+        Next::RetryAt { at_ms } => (PushState::RetryWait, Some(*at_ms), None, 0),
+        Next::Fallback { binding_index } => (
+            PushState::Queued,
+            Some(c.at_ms),
+            Some(i32_of(*binding_index)),
+            0,
+        ),
+        Next::Failed => (PushState::Failed, None, None, 0),
+        Next::Expired => (PushState::Expired, None, None, 0),
+        // Graceful shutdown: the attempt did not happen.
+        Next::Release => (PushState::Queued, Some(c.at_ms), None, 1),
+    }
+}
+
+/// Completions as columns for one `UPDATE … FROM UNNEST(…)`.
+#[derive(Default)]
+struct CompletionCols {
+    ord: Vec<i32>,
+    id: Vec<String>,
+    owner: Vec<String>,
+    state: Vec<String>,
+    binding: Vec<Option<String>>,
+    at: Vec<i64>,
+    next_at: Vec<Option<i64>>,
+    index: Vec<Option<i32>>,
+    uncount: Vec<i32>,
+}
+
+impl CompletionCols {
+    fn add(&mut self, ord: usize, c: &Completion) {
+        let (state, next_at, index, uncount) = completion_effect(c);
+        self.ord.push(i32::try_from(ord).unwrap_or(i32::MAX));
+        self.id.push(c.push_id.clone());
+        self.owner.push(c.owner.clone());
+        self.state.push(state.as_str().to_owned());
+        self.binding.push(c.binding.map(|b| b.as_str().to_owned()));
+        self.at.push(c.at_ms);
+        self.next_at.push(next_at);
+        self.index.push(index);
+        self.uncount.push(uncount);
+    }
+
+    /// Applies the changes whose lease is still held; returns their positions in the batch.
+    async fn apply(
+        self,
+        tx: &mut Transaction<'static, Postgres>,
+    ) -> Result<HashSet<usize>, StoreError> {
+        let ords: Vec<i32> = sqlx::query_scalar(
+            "UPDATE pushes p SET state = u.state, lease_owner = NULL, lease_until = NULL, \
+                 last_binding = COALESCE(u.binding, p.last_binding), updated_at = u.at, \
+                 next_attempt_at = COALESCE(u.next_at, p.next_attempt_at), \
+                 binding_index = COALESCE(u.idx, p.binding_index), \
+                 attempts = p.attempts - u.uncount \
+             FROM UNNEST($1::int4[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                         $6::int8[], $7::int8[], $8::int4[], $9::int4[]) \
+                 AS u(ord, id, owner, state, binding, at, next_at, idx, uncount) \
+             WHERE p.id = u.id AND p.state = 'sending' AND p.lease_owner = u.owner \
+             RETURNING u.ord",
+        )
+        .bind(self.ord)
+        .bind(self.id)
+        .bind(self.owner)
+        .bind(self.state)
+        .bind(self.binding)
+        .bind(self.at)
+        .bind(self.next_at)
+        .bind(self.index)
+        .bind(self.uncount)
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok(ords
+            .into_iter()
+            .filter_map(|o| usize::try_from(o).ok())
+            .collect())
+    }
+}
+
 fn i32_of(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
@@ -856,22 +939,31 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         let until = now_ms.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
-        // Two candidate sets, each locked with SKIP LOCKED (FOR UPDATE is not allowed across a
-        // UNION): expired leases (takeover) and due waiting pushes (served by pushes_due in
-        // index order). The best `limit` of their union is leased; the few extra locked rows are
-        // released at commit.
+        // Candidate sets, each locked with SKIP LOCKED (FOR UPDATE is not allowed across a
+        // UNION): expired leases (takeover), then due waiting pushes per priority level (the API
+        // knows 1 = high and 0 = normal). With the level fixed, `pushes_due` yields rows in
+        // `next_attempt_at` order and the range scan stops at the first push not yet due; one
+        // scan over all levels could not stop, and walked every waiting push (a million
+        // scheduled for tomorrow) on each claim. The best `limit` of the union is leased; the few
+        // extra locked rows are released at commit.
         let rows = sqlx::query(
             "WITH t AS ( \
                  SELECT id, priority, next_attempt_at FROM pushes \
                  WHERE state = 'sending' AND lease_until <= $1 \
                  ORDER BY priority DESC, next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
-             d AS ( \
+             d1 AS ( \
                  SELECT id, priority, next_attempt_at FROM pushes \
-                 WHERE state IN ('queued', 'retry_wait') AND next_attempt_at <= $1 \
-                   AND expires_at > $1 \
+                 WHERE state IN ('queued', 'retry_wait') AND priority = 1 \
+                   AND next_attempt_at <= $1 AND expires_at > $1 \
+                 ORDER BY priority DESC, next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
+             d0 AS ( \
+                 SELECT id, priority, next_attempt_at FROM pushes \
+                 WHERE state IN ('queued', 'retry_wait') AND priority = 0 \
+                   AND next_attempt_at <= $1 AND expires_at > $1 \
                  ORDER BY priority DESC, next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
              c AS ( \
-                 SELECT id FROM (SELECT * FROM t UNION ALL SELECT * FROM d) u \
+                 SELECT id FROM (SELECT * FROM t UNION ALL SELECT * FROM d1 \
+                                 UNION ALL SELECT * FROM d0) u \
                  ORDER BY priority DESC, next_attempt_at LIMIT $3) \
              UPDATE pushes p SET state = 'sending', lease_owner = $2, lease_until = $4, \
                  attempts = p.attempts + 1, updated_at = $1 \
@@ -920,48 +1012,37 @@ impl Store for PgStore {
         if batch.is_empty() {
             return Ok(());
         }
+        // One UPDATE for the whole batch (a statement per completion made the completion
+        // writer, not the database, the limit on deliveries per second). Each row applies only
+        // while its lease is still held by the completing owner.
+        let mut cols = CompletionCols::default();
+        for (ord, c) in batch.iter().enumerate() {
+            cols.add(ord, c);
+        }
+        let distinct: HashSet<&str> = batch.iter().map(|c| c.push_id.as_str()).collect();
         let mut tx = self.pool.begin().await?;
+        let applied: HashSet<usize> = if distinct.len() == batch.len() {
+            cols.apply(&mut tx).await?
+        } else {
+            // The same push twice in one batch: apply in order, one statement each, so the
+            // second sees the first's effect (an UPDATE … FROM would pick one arbitrarily).
+            let mut applied = HashSet::new();
+            for (ord, c) in batch.iter().enumerate() {
+                let mut one = CompletionCols::default();
+                one.add(ord, c);
+                applied.extend(one.apply(&mut tx).await?);
+            }
+            applied
+        };
         let mut events = Events::default();
         let mut due_now = false;
-        for c in &batch {
-            let (state, next_at, index, uncount) = match &c.next {
-                Next::Delivered => (PushState::Delivered, None, None, 0),
-                Next::Accepted { .. } => (PushState::Accepted, None, None, 0),
-                Next::RetryAt { at_ms } => (PushState::RetryWait, Some(*at_ms), None, 0),
-                Next::Fallback { binding_index } => (
-                    PushState::Queued,
-                    Some(c.at_ms),
-                    Some(i32_of(*binding_index)),
-                    0,
-                ),
-                Next::Failed => (PushState::Failed, None, None, 0),
-                Next::Expired => (PushState::Expired, None, None, 0),
-                // Graceful shutdown: the attempt did not happen.
-                Next::Release => (PushState::Queued, Some(c.at_ms), None, 1),
-            };
-            let applied = sqlx::query(
-                "UPDATE pushes SET state = $3, lease_owner = NULL, lease_until = NULL, \
-                     last_binding = COALESCE($4, last_binding), updated_at = $5, \
-                     next_attempt_at = COALESCE($6, next_attempt_at), \
-                     binding_index = COALESCE($7, binding_index), attempts = attempts - $8 \
-                 WHERE id = $1 AND state = 'sending' AND lease_owner = $2",
-            )
-            .bind(&c.push_id)
-            .bind(&c.owner)
-            .bind(state.as_str())
-            .bind(c.binding.map(BindingKind::as_str))
-            .bind(c.at_ms)
-            .bind(next_at)
-            .bind(index)
-            .bind(uncount)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if applied == 0 {
+        for (ord, c) in batch.iter().enumerate() {
+            if !applied.contains(&ord) {
                 // The lease was lost (expired and taken over, or never held): not ours to record.
                 tracing::debug!(push = %c.push_id, owner = %c.owner, "completion ignored: lease lost");
                 continue;
             }
+            let (state, next_at, _, _) = completion_effect(c);
             due_now |= next_at.is_some();
             let attempt = i32_of(c.attempt);
             events.add(
@@ -1106,7 +1187,14 @@ impl Store for PgStore {
 
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT min(next_attempt_at) FROM pushes WHERE state IN ('queued', 'retry_wait')",
+            // Per priority level, so that each min is the first entry of `pushes_due` (one
+            // min over all levels scans the whole index).
+            "SELECT min(m) FROM ( \
+                 SELECT min(next_attempt_at) AS m FROM pushes \
+                 WHERE state IN ('queued', 'retry_wait') AND priority = 1 \
+                 UNION ALL \
+                 SELECT min(next_attempt_at) FROM pushes \
+                 WHERE state IN ('queued', 'retry_wait') AND priority = 0) x",
         )
         .fetch_one(&self.pool)
         .await?)
