@@ -2,8 +2,8 @@
 //! Every name starts with `dmpushd_` (DESIGN §5).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -17,6 +17,10 @@ pub struct Metrics {
     pub receipts: IntCounterVec,
     pub leases_held: IntGauge,
     pub store_errors: IntCounterVec,
+    /// Duration of the dispatcher's store operations (claim, complete).
+    pub store_seconds: HistogramVec,
+    /// Pushes leased per claim: small claims under a backlog mean the claim loop is the limit.
+    pub claim_size: Histogram,
 }
 
 impl Metrics {
@@ -80,6 +84,28 @@ impl Metrics {
             &["op"],
         )
         .expect("static metric definition");
+        let store_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "dmpushd_store_operation_seconds",
+                "Duration of the dispatcher's store operations",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
+            &["op"],
+        )
+        .expect("static metric definition");
+        let claim_size = Histogram::with_opts(
+            HistogramOpts::new("dmpushd_claim_size", "Pushes leased per claim")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(store_seconds.clone()))
+            .expect("unique metric name");
+        registry
+            .register(Box::new(claim_size.clone()))
+            .expect("unique metric name");
         for c in [
             &pushes_accepted,
             &deliveries,
@@ -113,6 +139,8 @@ impl Metrics {
             receipts,
             leases_held,
             store_errors,
+            store_seconds,
+            claim_size,
         }
     }
 

@@ -140,19 +140,30 @@ impl Dispatcher {
                 _ = shutdown.cancelled() => break,
             };
             let mut permits = vec![first];
-            while permits.len() < self.cfg.claim_batch.max(1) as usize {
+            let batch = self.cfg.claim_batch.max(1) as usize;
+            while permits.len() < batch {
                 match sem.clone().try_acquire_owned() {
                     Ok(p) => permits.push(p),
                     Err(_) => break,
                 }
             }
             let now = now_ms();
+            let started = Instant::now();
             let claimed = match self
                 .store
                 .claim(&self.cfg.owner, now, self.cfg.lease, permits.len() as u32)
                 .await
             {
-                Ok(c) => c,
+                Ok(c) => {
+                    self.metrics
+                        .store_seconds
+                        .with_label_values(&["claim"])
+                        .observe(started.elapsed().as_secs_f64());
+                    if !c.is_empty() {
+                        self.metrics.claim_size.observe(c.len() as f64);
+                    }
+                    c
+                }
                 Err(e) => {
                     self.metrics
                         .store_errors
@@ -398,8 +409,15 @@ async fn completion_writer(
         let work = std::mem::take(&mut batch);
         let mut delay = Duration::from_millis(50);
         for attempt in 0..8 {
+            let started = Instant::now();
             match store.complete(work.clone()).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    metrics
+                        .store_seconds
+                        .with_label_values(&["complete"])
+                        .observe(started.elapsed().as_secs_f64());
+                    break;
+                }
                 Err(e) => {
                     metrics.store_errors.with_label_values(&["complete"]).inc();
                     tracing::warn!(message = "Recording outcomes failed.", error = %e, attempt, count = work.len());
