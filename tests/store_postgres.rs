@@ -141,6 +141,16 @@ async fn until_seen(store: &Arc<dyn Store>, want: impl Fn(&Option<Device>) -> bo
     }
 }
 
+/// Changes the device's MSISDN with plain SQL, as an operator would, bypassing every store.
+async fn update_by_hand(admin: &PgStore, msisdn: &str) {
+    let bindings = serde_json::to_string(&vec![wap(msisdn)]).unwrap();
+    sqlx::query("UPDATE devices SET bindings = $1 WHERE tenant = 't1' AND id = 'dev-cache'")
+        .bind(&bindings)
+        .execute(admin.pool())
+        .await
+        .unwrap();
+}
+
 fn msisdn_of(d: &Option<Device>) -> Option<String> {
     match d.as_ref()?.bindings.first()? {
         DeviceBinding::Wap { msisdn, .. } => msisdn.clone(),
@@ -189,12 +199,7 @@ async fn device_cache_follows_changes_made_by_other_replicas_and_by_hand() {
 
     // An operator's SQL bypasses dmpushd entirely; the trigger still tells every replica.
     let admin = PgStore::connect(&db.options()).await.unwrap();
-    let v3 = serde_json::to_string(&vec![wap("+15550000003")]).unwrap();
-    sqlx::query("UPDATE devices SET bindings = $1 WHERE tenant = 't1' AND id = 'dev-cache'")
-        .bind(&v3)
-        .execute(admin.pool())
-        .await
-        .unwrap();
+    update_by_hand(&admin, "+15550000003").await;
     for s in [&a, &b] {
         until_seen(
             s,
@@ -217,12 +222,7 @@ async fn device_cache_follows_changes_made_by_other_replicas_and_by_hand() {
         killed.len() >= 2,
         "both replicas' listeners found: {killed:?}"
     );
-    let v4 = serde_json::to_string(&vec![wap("+15550000004")]).unwrap();
-    sqlx::query("UPDATE devices SET bindings = $1 WHERE tenant = 't1' AND id = 'dev-cache'")
-        .bind(&v4)
-        .execute(admin.pool())
-        .await
-        .unwrap();
+    update_by_hand(&admin, "+15550000004").await;
     for s in [&a, &b] {
         until_seen(
             s,
