@@ -2,12 +2,14 @@
 //! per second and deliveries per second, on SQLite with one replica and on PostgreSQL with one and
 //! two replicas, in one run on one machine.
 //!
-//! `cargo bench --bench e2e -- [--seconds 10] [--connections 256] [--setups sqlite,pg1,pg2]`
+//! `cargo bench --bench e2e -- [--seconds 10] [--connections 256]
+//! [--setups sqlite,pg1,pg2,sqlite-sms,pg1-sms]`
 //!
 //! Per setup: a fresh database (a temporary SQLite file, or a new PostgreSQL database through
 //! `DMPUSHD_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`), the release
 //! `dmpushd` binary started once per replica, 100 devices with an HTTPS binding to one local
-//! receiver (rustls, test CA), then two phases:
+//! receiver (rustls, test CA) — or, in the `-sms` setups, a WAP binding over SMPP to `dmpushd
+//! sim`'s simulated SMSC with delivery receipts — then two phases:
 //!
 //! 1. **Accepts.** `wrk` (Debian package `wrk`) posts DM messages for `--seconds`, its connections
 //!    split across the replicas (as a load balancer would). Every push carries `not_before` just
@@ -49,6 +51,8 @@ struct Setup {
     name: &'static str,
     db: Db,
     replicas: usize,
+    /// SMS through SMPP to `dmpushd sim`'s simulated SMSC instead of HTTPS to the receiver.
+    wap: bool,
 }
 
 struct Gateway {
@@ -151,7 +155,31 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn spawn(dir: &Path, name: &str, db_url: &str, ca: &Path) -> Gateway {
+/// `dmpushd sim` as the SMSC (with delivery receipts), on a free port.
+fn spawn_smsc() -> (Gateway, u16) {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_dmpushd"))
+        .args(["sim", "--smpp"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("dmpushd sim starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "simulated SMSC did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (
+        Gateway {
+            child,
+            base: String::new(),
+        },
+        port,
+    )
+}
+
+fn spawn(dir: &Path, name: &str, db_url: &str, ca: &Path, smsc: Option<u16>) -> Gateway {
     let port = free_port();
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
@@ -162,8 +190,12 @@ fn spawn(dir: &Path, name: &str, db_url: &str, ca: &Path) -> Gateway {
              [queue]\nreplica_id = \"{name}\"\n\
              [[tenants]]\nname = \"bench\"\ntoken = \"{TOKEN}\"\n\
              [bindings.http]\nallow_targets = [\"127.0.0.0/8\"]\nca_file = \"{}\"\n\
-             [log]\nlevel = \"warn\"\n",
-            ca.display()
+             {}[log]\nlevel = \"warn\"\n",
+            ca.display(),
+            smsc.map_or(String::new(), |p| format!(
+                "[[bindings.wap.smsc]]\nname = \"sim\"\nhost = \"127.0.0.1\"\nport = {p}\n\
+                 system_id = \"bench\"\npassword = \"bench\"\nsource_addr = \"DMSERVER\"\n"
+            ))
         ),
     )
     .expect("write config");
@@ -275,6 +307,8 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) {
         .expect("client");
     let db = Database::create(setup.db).await;
     let dir = tempfile::tempdir().expect("tempdir");
+    // Dropped last: the SMSC outlives the gateways that are bound to it.
+    let smsc = setup.wap.then(spawn_smsc);
     let mut gateways = Vec::new();
     for i in 0..setup.replicas {
         gateways.push(spawn(
@@ -282,6 +316,7 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) {
             &format!("r{}", i + 1),
             &db.url,
             &rx.ca_file,
+            smsc.as_ref().map(|(_, port)| *port),
         ));
         // One at a time: the first migrates the new database.
         wait_ready(&http, &gateways[i].base).await;
@@ -290,7 +325,11 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) {
         let r = http
             .put(format!("{}/v1/devices/bench-{d}", gateways[0].base))
             .bearer_auth(TOKEN)
-            .json(&json!({"bindings": [{"type": "http", "url": rx.url(&format!("/d/{d}"))}]}))
+            .json(&if setup.wap {
+                json!({"bindings": [{"type": "wap", "msisdn": format!("+49170{d:07}")}]})
+            } else {
+                json!({"bindings": [{"type": "http", "url": rx.url(&format!("/d/{d}"))}]})
+            })
             .send()
             .await
             .expect("register device");
@@ -366,14 +405,24 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) {
     let deadline = t0 + Duration::from_secs(900);
     // Progress from the gateways' counters (a COUNT over the table would load the database
     // being measured); the final check reads the database, where `delivered` is committed.
-    let delivered_metric = r#"dmpushd_deliveries_total{binding="http",outcome="delivered"}"#;
+    // Over SMS an attempt ends `accepted` (submit_sm_resp); the SMSC's receipt makes it
+    // `delivered` in the database.
+    let delivered_metric = if setup.wap {
+        r#"dmpushd_deliveries_total{binding="wap",outcome="accepted"}"#
+    } else {
+        r#"dmpushd_deliveries_total{binding="http",outcome="delivered"}"#
+    };
+    let mut attempts_done_at = None;
     let delivered_at = loop {
         let mut sum = 0.0;
         for g in &gateways {
             sum += metric(&http, &g.base, delivered_metric).await;
         }
-        if sum as i64 >= accepted && db.counts().await.1 >= accepted {
-            break t0.elapsed();
+        if sum as i64 >= accepted {
+            attempts_done_at.get_or_insert(t0.elapsed());
+            if db.counts().await.1 >= accepted {
+                break t0.elapsed();
+            }
         }
         assert!(
             Instant::now() < deadline,
@@ -381,7 +430,29 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let received = (rx.count() - received_before) as i64;
+    let received = if setup.wap {
+        // Duplicates over SMS: submit_sm accepted beyond one per segment of each push.
+        let mut submits = 0.0;
+        for g in &gateways {
+            submits += metric(
+                &http,
+                &g.base,
+                r#"dmpushd_smpp_submits_total{smsc="sim",status="ESME_ROK"}"#,
+            )
+            .await;
+        }
+        let to_resp = attempts_done_at.unwrap_or(delivered_at).as_secs_f64();
+        println!(
+            "  {submits:.0} submit_sm accepted ({:.2} per push): {:.0} submit_sm/s until the last \
+             submit_sm_resp ({to_resp:.1} s); the last receipt after {:.1} s",
+            submits / accepted.max(1) as f64,
+            submits / to_resp,
+            delivered_at.as_secs_f64()
+        );
+        accepted
+    } else {
+        (rx.count() - received_before) as i64
+    };
     let (total, _) = db.counts().await;
     assert_eq!(
         total, accepted,
@@ -389,14 +460,7 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) {
     );
     let mut shares = Vec::new();
     for g in &gateways {
-        shares.push(
-            metric(
-                &http,
-                &g.base,
-                r#"dmpushd_deliveries_total{binding="http",outcome="delivered"}"#,
-            )
-            .await as u64,
-        );
+        shares.push(metric(&http, &g.base, delivered_metric).await as u64);
     }
     println!(
         "| {:<10} | {} | {:>9.0} | {:>7} | {:>13} | {:>12.0} | {:>8} | {:>7} | {} |",
@@ -454,13 +518,14 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) {
         println!("  ({non_2xx} non-2xx answers during the accept phase)");
     }
     drop(gateways);
+    drop(smsc);
     db.drop_now().await;
 }
 
 fn main() {
     let mut secs = 10u64;
     let mut connections = 256usize;
-    let mut setups = "sqlite,pg1,pg2".to_owned();
+    let mut setups = "sqlite,pg1,pg2,sqlite-sms,pg1-sms".to_owned();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -480,16 +545,31 @@ fn main() {
             name: "sqlite",
             db: Db::Sqlite,
             replicas: 1,
+            wap: false,
         },
         Setup {
             name: "pg1",
             db: Db::Postgres,
             replicas: 1,
+            wap: false,
         },
         Setup {
             name: "pg2",
             db: Db::Postgres,
             replicas: 2,
+            wap: false,
+        },
+        Setup {
+            name: "sqlite-sms",
+            db: Db::Sqlite,
+            replicas: 1,
+            wap: true,
+        },
+        Setup {
+            name: "pg1-sms",
+            db: Db::Postgres,
+            replicas: 1,
+            wap: true,
         },
     ];
     let rt = tokio::runtime::Builder::new_multi_thread()

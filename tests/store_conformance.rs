@@ -875,6 +875,70 @@ async fn receipts_multipart(s: Arc<dyn Store>) {
     );
 }
 
+async fn receipts_in_one_batch(s: Arc<dyn Store>) {
+    // Two pushes: A in two parts, B in one; plus a receipt for a reference nobody sent yet and a
+    // duplicate. One call, effects in order, as if applied one by one.
+    let a = created(&s, push("t1")).await;
+    let b = created(&s, push("t1")).await;
+    let ca = claim_one(&s, "w", T0).await;
+    let cb = claim_one(&s, "w", T0).await;
+    let (ca, cb) = if ca.id == a { (ca, cb) } else { (cb, ca) };
+    let refs_a = vec![format!("{a}-0"), format!("{a}-1")];
+    let refs_b = vec![format!("{b}-0")];
+    s.complete(vec![
+        done(
+            &ca,
+            "w",
+            T0 + 1,
+            Next::Accepted {
+                refs: refs_a.clone(),
+            },
+            "2 parts",
+        ),
+        done(
+            &cb,
+            "w",
+            T0 + 1,
+            Next::Accepted {
+                refs: refs_b.clone(),
+            },
+            "1 part",
+        ),
+    ])
+    .await
+    .unwrap();
+    let batch = vec![
+        receipt(&refs_a[0], true, "DELIVRD"),
+        receipt(&refs_b[0], false, "UNDELIV"),
+        receipt("not-yet-sent", true, "DELIVRD"),
+        receipt(&refs_a[1], true, "DELIVRD"),
+        receipt(&refs_b[0], true, "DELIVRD"),
+    ];
+    assert_eq!(
+        s.apply_receipts(&batch, T0 + 5).await.unwrap(),
+        vec![
+            ReceiptEffect::Partial { push_id: a.clone() },
+            ReceiptEffect::Finished {
+                push_id: b.clone(),
+                state: PushState::Failed
+            },
+            ReceiptEffect::Pending,
+            ReceiptEffect::Finished {
+                push_id: a.clone(),
+                state: PushState::Delivered
+            },
+            ReceiptEffect::Ignored { push_id: b.clone() },
+        ]
+    );
+    assert_eq!(state_of(&s, "t1", &a).await, PushState::Delivered);
+    assert_eq!(state_of(&s, "t1", &b).await, PushState::Failed);
+    assert_eq!(
+        s.apply_receipts(&[], T0 + 6).await.unwrap(),
+        vec![],
+        "an empty batch is a no-op"
+    );
+}
+
 async fn receipt_before_completion(s: Arc<dyn Store>) {
     let id = created(&s, push("t1")).await;
     let c = claim_one(&s, "a", T0).await;
@@ -1180,6 +1244,7 @@ conformance!(
     event_history,
     receipts_single,
     receipts_multipart,
+    receipts_in_one_batch,
     receipt_before_completion,
     receipt_failed_part,
     batch_completion,

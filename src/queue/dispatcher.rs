@@ -31,6 +31,9 @@ use crate::{
     store::{Claimed, Completion, Next, Store},
 };
 
+/// Most receipts applied in one store transaction.
+const RECEIPT_BATCH: usize = 256;
+
 #[derive(Clone, Debug)]
 pub struct DispatcherConfig {
     /// Lease owner id (unique per replica).
@@ -358,16 +361,41 @@ impl Dispatcher {
         mut rx: mpsc::Receiver<Receipt>,
         shutdown: CancellationToken,
     ) {
+        let mut batch = Vec::with_capacity(RECEIPT_BATCH);
         loop {
-            let r = tokio::select! {
-                r = rx.recv() => match r { Some(r) => r, None => break },
+            let n = tokio::select! {
+                n = rx.recv_many(&mut batch, RECEIPT_BATCH) => n,
                 _ = shutdown.cancelled() => break,
             };
-            let mut tries = 0;
-            loop {
-                match self.store.apply_receipt(&r, now_ms()).await {
-                    Ok(effect) => {
-                        let label = match &effect {
+            if n == 0 {
+                break;
+            }
+            // One transaction for everything that arrived meanwhile (an SMSC sends receipts in
+            // bursts; one commit each made the store's fsync the limit).
+            match self.apply_receipts(&batch).await {
+                Ok(()) => {}
+                Err(e) if batch.len() > 1 => {
+                    tracing::warn!(message = "Receipt batch failed; applying one by one.", error = %e, count = batch.len());
+                    for r in &batch {
+                        if let Err(e) = self.apply_receipts(std::slice::from_ref(r)).await {
+                            self.receipt_lost(r, &e);
+                        }
+                    }
+                }
+                Err(e) => self.receipt_lost(&batch[0], &e),
+            }
+            batch.clear();
+        }
+    }
+
+    /// Applies receipts in one store transaction, retrying transient errors.
+    async fn apply_receipts(&self, batch: &[Receipt]) -> Result<(), crate::store::StoreError> {
+        let mut tries = 0;
+        loop {
+            match self.store.apply_receipts(batch, now_ms()).await {
+                Ok(effects) => {
+                    for (r, effect) in batch.iter().zip(&effects) {
+                        let label = match effect {
                             crate::store::ReceiptEffect::Pending => "pending",
                             crate::store::ReceiptEffect::Partial { .. } => "partial",
                             crate::store::ReceiptEffect::Finished { .. } => "finished",
@@ -377,23 +405,24 @@ impl Dispatcher {
                             .receipts
                             .with_label_values(&[r.binding.as_str(), label])
                             .inc();
-                        break;
                     }
-                    Err(e) if tries < 5 && e.is_transient() => {
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(100 << tries)).await;
-                    }
-                    Err(e) => {
-                        self.metrics
-                            .store_errors
-                            .with_label_values(&["receipt"])
-                            .inc();
-                        tracing::error!(message = "Receipt could not be recorded.", error = %e, reference = %r.reference);
-                        break;
-                    }
+                    return Ok(());
                 }
+                Err(e) if tries < 5 && e.is_transient() => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100 << tries)).await;
+                }
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    fn receipt_lost(&self, r: &Receipt, e: &crate::store::StoreError) {
+        self.metrics
+            .store_errors
+            .with_label_values(&["receipt"])
+            .inc();
+        tracing::error!(message = "Receipt could not be recorded.", error = %e, reference = %r.reference);
     }
 }
 

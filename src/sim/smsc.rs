@@ -112,6 +112,9 @@ pub fn spawn(
             };
             match accepted {
                 Ok((tcp, peer)) => {
+                    // Responses are small writes: without this, Nagle holds each one until the
+                    // previous is acknowledged and the simulator, not the ESME, sets the pace.
+                    let _ = tcp.set_nodelay(true);
                     let sh = shared.clone();
                     let stop = shutdown.clone();
                     tokio::spawn(async move { session(sh, tcp, peer, stop).await });

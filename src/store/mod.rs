@@ -374,12 +374,25 @@ pub trait Store: Send + Sync + 'static {
     async fn renew(&self, owner: &str, ids: &[String], until_ms: i64) -> Result<(), StoreError>;
     /// Moves pushes that are waiting (queued/retry_wait) and past their TTL to `expired`.
     async fn expire(&self, now_ms: i64, limit: u32) -> Result<u64, StoreError>;
-    /// Applies a delivery receipt (see [`ReceiptEffect`]).
+    /// Applies delivery receipts in one transaction, in order; one effect per receipt, in the
+    /// same order (see [`ReceiptEffect`]). One commit for a burst of receipts: applied one by
+    /// one, an SMSC's receipts cost an fsync each.
+    async fn apply_receipts(
+        &self,
+        receipts: &[Receipt],
+        now_ms: i64,
+    ) -> Result<Vec<ReceiptEffect>, StoreError>;
+    /// Applies one delivery receipt.
     async fn apply_receipt(
         &self,
         receipt: &Receipt,
         now_ms: i64,
-    ) -> Result<ReceiptEffect, StoreError>;
+    ) -> Result<ReceiptEffect, StoreError> {
+        self.apply_receipts(std::slice::from_ref(receipt), now_ms)
+            .await?
+            .pop()
+            .ok_or(StoreError::Closed)
+    }
     /// Earliest `next_attempt_at` among waiting pushes (for the dispatcher's sleep).
     async fn next_due(&self) -> Result<Option<i64>, StoreError>;
     /// Number of pushes per state.

@@ -1126,63 +1126,18 @@ impl Store for PgStore {
         Ok(r.rows_affected())
     }
 
-    async fn apply_receipt(
+    async fn apply_receipts(
         &self,
-        receipt: &Receipt,
+        receipts: &[Receipt],
         now_ms: i64,
-    ) -> Result<ReceiptEffect, StoreError> {
-        let status = if receipt.delivered {
-            "delivered"
-        } else {
-            "failed"
-        };
+    ) -> Result<Vec<ReceiptEffect>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let push_id: Option<String> = sqlx::query_scalar(
-            "INSERT INTO push_refs (binding, reference, push_id, status, detail, updated_at) \
-             VALUES ($1, $2, NULL, $3, $4, $5) \
-             ON CONFLICT (binding, reference) DO UPDATE SET status = EXCLUDED.status, \
-                 detail = EXCLUDED.detail, updated_at = EXCLUDED.updated_at \
-             RETURNING push_id",
-        )
-        .bind(receipt.binding.as_str())
-        .bind(&receipt.reference)
-        .bind(status)
-        .bind(&receipt.detail)
-        .bind(now_ms)
-        .fetch_one(&mut *tx)
-        .await?;
-        let Some(push_id) = push_id else {
-            // Overtook the completion: kept, applied when the Accepted completion names it.
-            tx.commit().await?;
-            return Ok(ReceiptEffect::Pending);
-        };
-        // Lock the push so that receipts for two parts of one push settle it once.
-        let row = sqlx::query("SELECT state, attempts FROM pushes WHERE id = $1 FOR UPDATE")
-            .bind(&push_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
-            tx.commit().await?;
-            return Ok(ReceiptEffect::Ignored { push_id });
-        };
-        if parse_state(row.try_get("state")?)? != PushState::Accepted {
-            tx.commit().await?;
-            return Ok(ReceiptEffect::Ignored { push_id });
+        let mut effects = Vec::with_capacity(receipts.len());
+        for r in receipts {
+            effects.push(receipt_in(&mut tx, r, now_ms).await?);
         }
-        let settled = settle_refs(
-            &mut tx,
-            &push_id,
-            now_ms,
-            Some(receipt.binding),
-            row.try_get("attempts")?,
-            Some(&receipt.detail),
-        )
-        .await?;
         tx.commit().await?;
-        Ok(match settled {
-            Some(state) => ReceiptEffect::Finished { push_id, state },
-            None => ReceiptEffect::Partial { push_id },
-        })
+        Ok(effects)
     }
 
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
@@ -1229,6 +1184,61 @@ impl Store for PgStore {
     fn wakeup(&self) -> Arc<Notify> {
         self.wake.clone()
     }
+}
+
+/// One receipt inside the caller's transaction.
+async fn receipt_in(
+    tx: &mut Transaction<'static, Postgres>,
+    receipt: &Receipt,
+    now_ms: i64,
+) -> Result<ReceiptEffect, StoreError> {
+    let status = if receipt.delivered {
+        "delivered"
+    } else {
+        "failed"
+    };
+    let push_id: Option<String> = sqlx::query_scalar(
+        "INSERT INTO push_refs (binding, reference, push_id, status, detail, updated_at) \
+         VALUES ($1, $2, NULL, $3, $4, $5) \
+         ON CONFLICT (binding, reference) DO UPDATE SET status = EXCLUDED.status, \
+             detail = EXCLUDED.detail, updated_at = EXCLUDED.updated_at \
+         RETURNING push_id",
+    )
+    .bind(receipt.binding.as_str())
+    .bind(&receipt.reference)
+    .bind(status)
+    .bind(&receipt.detail)
+    .bind(now_ms)
+    .fetch_one(&mut **tx)
+    .await?;
+    let Some(push_id) = push_id else {
+        // Overtook the completion: kept, applied when the Accepted completion names it.
+        return Ok(ReceiptEffect::Pending);
+    };
+    // Lock the push so that receipts for two parts of one push settle it once.
+    let row = sqlx::query("SELECT state, attempts FROM pushes WHERE id = $1 FOR UPDATE")
+        .bind(&push_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(row) = row else {
+        return Ok(ReceiptEffect::Ignored { push_id });
+    };
+    if parse_state(row.try_get("state")?)? != PushState::Accepted {
+        return Ok(ReceiptEffect::Ignored { push_id });
+    }
+    let settled = settle_refs(
+        tx,
+        &push_id,
+        now_ms,
+        Some(receipt.binding),
+        row.try_get("attempts")?,
+        Some(&receipt.detail),
+    )
+    .await?;
+    Ok(match settled {
+        Some(state) => ReceiptEffect::Finished { push_id, state },
+        None => ReceiptEffect::Partial { push_id },
+    })
 }
 
 /// TCP_NODELAY for database sockets.

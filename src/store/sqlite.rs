@@ -769,43 +769,18 @@ impl Store for SqliteStore {
         Ok(rows.len() as u64)
     }
 
-    async fn apply_receipt(&self, r: &Receipt, now_ms: i64) -> Result<ReceiptEffect, StoreError> {
+    async fn apply_receipts(
+        &self,
+        receipts: &[Receipt],
+        now_ms: i64,
+    ) -> Result<Vec<ReceiptEffect>, StoreError> {
         let mut tx = self.write.begin().await?;
-        let status = if r.delivered { "delivered" } else { "failed" };
-        let push_id: Option<Option<String>> = sqlx::query_scalar(
-            "INSERT INTO push_refs (binding, reference, push_id, status, detail, updated_at)
-             VALUES (?1, ?2, NULL, ?3, ?4, ?5)
-             ON CONFLICT (binding, reference) DO UPDATE SET status = excluded.status,
-                 detail = excluded.detail, updated_at = excluded.updated_at
-             RETURNING push_id",
-        )
-        .bind(r.binding.as_str())
-        .bind(&r.reference)
-        .bind(status)
-        .bind(&r.detail)
-        .bind(now_ms)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let effect = match push_id.flatten() {
-            None => ReceiptEffect::Pending,
-            Some(push_id) => match settle_refs(&mut tx, &push_id, now_ms).await? {
-                Some(state) => ReceiptEffect::Finished { push_id, state },
-                None => {
-                    let state: Option<String> =
-                        sqlx::query_scalar("SELECT state FROM pushes WHERE id = ?")
-                            .bind(&push_id)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    if state.as_deref() == Some("accepted") {
-                        ReceiptEffect::Partial { push_id }
-                    } else {
-                        ReceiptEffect::Ignored { push_id }
-                    }
-                }
-            },
-        };
+        let mut effects = Vec::with_capacity(receipts.len());
+        for r in receipts {
+            effects.push(receipt_in(&mut tx, r, now_ms).await?);
+        }
         tx.commit().await?;
-        Ok(effect)
+        Ok(effects)
     }
 
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
@@ -835,4 +810,46 @@ impl Store for SqliteStore {
     fn wakeup(&self) -> Arc<Notify> {
         self.wakeup.clone()
     }
+}
+
+/// One receipt inside the caller's transaction.
+async fn receipt_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    r: &Receipt,
+    now_ms: i64,
+) -> Result<ReceiptEffect, StoreError> {
+    let status = if r.delivered { "delivered" } else { "failed" };
+    let push_id: Option<Option<String>> = sqlx::query_scalar(
+        "INSERT INTO push_refs (binding, reference, push_id, status, detail, updated_at)
+         VALUES (?1, ?2, NULL, ?3, ?4, ?5)
+         ON CONFLICT (binding, reference) DO UPDATE SET status = excluded.status,
+             detail = excluded.detail, updated_at = excluded.updated_at
+         RETURNING push_id",
+    )
+    .bind(r.binding.as_str())
+    .bind(&r.reference)
+    .bind(status)
+    .bind(&r.detail)
+    .bind(now_ms)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let effect = match push_id.flatten() {
+        None => ReceiptEffect::Pending,
+        Some(push_id) => match settle_refs(tx, &push_id, now_ms).await? {
+            Some(state) => ReceiptEffect::Finished { push_id, state },
+            None => {
+                let state: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM pushes WHERE id = ?")
+                        .bind(&push_id)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                if state.as_deref() == Some("accepted") {
+                    ReceiptEffect::Partial { push_id }
+                } else {
+                    ReceiptEffect::Ignored { push_id }
+                }
+            }
+        },
+    };
+    Ok(effect)
 }

@@ -638,8 +638,11 @@ impl Session {
                                     "{name}:{}",
                                     smpp::normalise_id(&r.message_id, self.cfg.receipt_id_decimal)
                                 );
-                                // Acknowledge only once the queue has the receipt: if we die
-                                // first, the SMSC redelivers it.
+                                // Acknowledged once the dispatcher's receipt channel has it
+                                // (backpressure: a slow store slows the SMSC down). Not yet
+                                // durable: a crash between this ack and the receipt batch's
+                                // commit (milliseconds) loses the receipt, and its push stays
+                                // `accepted` (docs/wap.md, known gaps).
                                 let receipt = Receipt {
                                     binding: BindingKind::Wap,
                                     reference,
