@@ -876,37 +876,58 @@ async fn receipts_multipart(s: Arc<dyn Store>) {
 }
 
 async fn receipts_in_one_batch(s: Arc<dyn Store>) {
-    // Two pushes: A in two parts, B in one; plus a receipt for a reference nobody sent yet and a
-    // duplicate. One call, effects in order, as if applied one by one.
+    // A in two parts, B in one; plus a receipt for a reference nobody sent yet and a duplicate.
+    // One call, effects in order, as if applied one by one.
+    // Push C's receipt overtakes its completion, which arrives in the same completion batch as
+    // A's and B's.
     let a = created(&s, push("t1")).await;
     let b = created(&s, push("t1")).await;
-    let ca = claim_one(&s, "w", T0).await;
-    let cb = claim_one(&s, "w", T0).await;
-    let (ca, cb) = if ca.id == a { (ca, cb) } else { (cb, ca) };
+    let c = created(&s, push("t1")).await;
+    let mut claimed = std::collections::HashMap::new();
+    for _ in 0..3 {
+        let x = claim_one(&s, "w", T0).await;
+        claimed.insert(x.id.clone(), x);
+    }
     let refs_a = vec![format!("{a}-0"), format!("{a}-1")];
     let refs_b = vec![format!("{b}-0")];
+    let refs_c = vec![format!("{c}-0")];
+    assert_eq!(
+        s.apply_receipts(&[receipt(&refs_c[0], true, "DELIVRD")], T0 + 1)
+            .await
+            .unwrap(),
+        vec![ReceiptEffect::Pending]
+    );
+    let accepted = |id: &String, refs: &Vec<String>| {
+        done(
+            &claimed[id],
+            "w",
+            T0 + 2,
+            Next::Accepted { refs: refs.clone() },
+            "sent",
+        )
+    };
     s.complete(vec![
-        done(
-            &ca,
-            "w",
-            T0 + 1,
-            Next::Accepted {
-                refs: refs_a.clone(),
-            },
-            "2 parts",
-        ),
-        done(
-            &cb,
-            "w",
-            T0 + 1,
-            Next::Accepted {
-                refs: refs_b.clone(),
-            },
-            "1 part",
-        ),
+        accepted(&a, &refs_a),
+        accepted(&b, &refs_b),
+        accepted(&c, &refs_c),
     ])
     .await
     .unwrap();
+    assert_eq!(state_of(&s, "t1", &a).await, PushState::Accepted);
+    assert_eq!(state_of(&s, "t1", &c).await, PushState::Delivered);
+    let events: Vec<PushState> = s
+        .get_push("t1", &c)
+        .await
+        .unwrap()
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| e.state)
+        .collect();
+    assert_eq!(
+        events,
+        [PushState::Queued, PushState::Accepted, PushState::Delivered]
+    );
     let batch = vec![
         receipt(&refs_a[0], true, "DELIVRD"),
         receipt(&refs_b[0], false, "UNDELIV"),

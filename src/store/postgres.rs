@@ -742,6 +742,71 @@ async fn settle_refs(
     Ok(Some(state))
 }
 
+/// Stores the references of `Accepted` completions (one statement for the batch) and settles the
+/// pushes whose receipts arrived before their completion.
+async fn record_refs(
+    tx: &mut Transaction<'static, Postgres>,
+    accepted: &[(&Completion, Vec<&str>)],
+) -> Result<(), StoreError> {
+    if accepted.is_empty() {
+        return Ok(());
+    }
+    const INSERT: &str = "INSERT INTO push_refs (binding, reference, push_id, status, detail, updated_at) \
+         SELECT b, r, p, 'pending', '', t \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[]) AS x(b, r, p, t) \
+         ON CONFLICT (binding, reference) DO UPDATE SET push_id = EXCLUDED.push_id \
+         RETURNING push_id, status";
+    type Cols = (Vec<String>, Vec<String>, Vec<String>, Vec<i64>);
+    let cols = |items: &[(&Completion, Vec<&str>)]| -> Cols {
+        let mut cols: Cols = Default::default();
+        for (c, refs) in items {
+            for r in refs {
+                cols.0
+                    .push(c.binding.map(BindingKind::as_str).unwrap_or("").to_owned());
+                cols.1.push((*r).to_owned());
+                cols.2.push(c.push_id.clone());
+                cols.3.push(c.at_ms);
+            }
+        }
+        cols
+    };
+    let mut seen = HashSet::new();
+    let unique = accepted.iter().all(|(c, refs)| {
+        let b = c.binding.map(BindingKind::as_str).unwrap_or("");
+        refs.iter().all(|r| seen.insert((b, *r)))
+    });
+    let groups: Vec<&[(&Completion, Vec<&str>)]> = if unique {
+        vec![accepted]
+    } else {
+        // A reference named by two pushes of one batch: one statement per push, in order (one
+        // INSERT … ON CONFLICT cannot change a row twice).
+        accepted.chunks(1).collect()
+    };
+    let mut overtaken = HashSet::new();
+    for g in groups {
+        let (b, r, p, t) = cols(g);
+        let rows: Vec<(String, String)> = sqlx::query_as(INSERT)
+            .bind(b)
+            .bind(r)
+            .bind(p)
+            .bind(t)
+            .fetch_all(&mut **tx)
+            .await?;
+        // Keep a status set by a receipt that overtook this completion.
+        overtaken.extend(
+            rows.into_iter()
+                .filter(|(_, status)| status != "pending")
+                .map(|(push_id, _)| push_id),
+        );
+    }
+    for (c, _) in accepted {
+        if overtaken.remove(&c.push_id) {
+            settle_refs(tx, &c.push_id, c.at_ms, c.binding, i32_of(c.attempt), None).await?;
+        }
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -1036,6 +1101,7 @@ impl Store for PgStore {
         };
         let mut events = Events::default();
         let mut due_now = false;
+        let mut accepted: Vec<(&Completion, Vec<&str>)> = Vec::new();
         for (ord, c) in batch.iter().enumerate() {
             if !applied.contains(&ord) {
                 // The lease was lost (expired and taken over, or never held): not ours to record.
@@ -1056,27 +1122,16 @@ impl Store for PgStore {
             if let Next::Accepted { refs } = &c.next
                 && !refs.is_empty()
             {
-                // Events must precede a settle event in seq order.
-                std::mem::take(&mut events).flush(&mut tx).await?;
                 let mut uniq: Vec<&str> = refs.iter().map(String::as_str).collect();
                 uniq.sort_unstable();
                 uniq.dedup();
-                // Keep a status set by a receipt that overtook this completion.
-                sqlx::query(
-                    "INSERT INTO push_refs (binding, reference, push_id, status, detail, updated_at) \
-                     SELECT $1, r, $2, 'pending', '', $3 FROM UNNEST($4::text[]) AS r \
-                     ON CONFLICT (binding, reference) DO UPDATE SET push_id = EXCLUDED.push_id",
-                )
-                .bind(c.binding.map(BindingKind::as_str).unwrap_or(""))
-                .bind(&c.push_id)
-                .bind(c.at_ms)
-                .bind(uniq)
-                .execute(&mut *tx)
-                .await?;
-                settle_refs(&mut tx, &c.push_id, c.at_ms, c.binding, attempt, None).await?;
+                accepted.push((c, uniq));
             }
         }
+        // Events first: a push's `accepted` event must precede the event of a receipt that
+        // overtook it and settles it below.
         events.flush(&mut tx).await?;
+        record_refs(&mut tx, &accepted).await?;
         if due_now {
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(WAKEUP_CHANNEL)
