@@ -151,6 +151,13 @@ async fn update_by_hand(admin: &PgStore, msisdn: &str) {
         .unwrap();
 }
 
+/// Waits until every replica reads the device with this MSISDN.
+async fn both_see(stores: &[&Arc<dyn Store>], msisdn: &str, what: &str) {
+    for s in stores {
+        until_seen(s, |d| msisdn_of(d).as_deref() == Some(msisdn), what).await;
+    }
+}
+
 fn msisdn_of(d: &Option<Device>) -> Option<String> {
     match d.as_ref()?.bindings.first()? {
         DeviceBinding::Wap { msisdn, .. } => msisdn.clone(),
@@ -200,14 +207,7 @@ async fn device_cache_follows_changes_made_by_other_replicas_and_by_hand() {
     // An operator's SQL bypasses dmpushd entirely; the trigger still tells every replica.
     let admin = PgStore::connect(&db.options()).await.unwrap();
     update_by_hand(&admin, "+15550000003").await;
-    for s in [&a, &b] {
-        until_seen(
-            s,
-            |d| msisdn_of(d).as_deref() == Some("+15550000003"),
-            "UPDATE by hand",
-        )
-        .await;
-    }
+    both_see(&[&a, &b], "+15550000003", "UPDATE by hand").await;
 
     // The listener's connection dies; a change made while it is down must not be missed: the
     // cache is off until LISTEN is back and then starts empty.
@@ -223,14 +223,7 @@ async fn device_cache_follows_changes_made_by_other_replicas_and_by_hand() {
         "both replicas' listeners found: {killed:?}"
     );
     update_by_hand(&admin, "+15550000004").await;
-    for s in [&a, &b] {
-        until_seen(
-            s,
-            |d| msisdn_of(d).as_deref() == Some("+15550000004"),
-            "UPDATE while LISTEN was down",
-        )
-        .await;
-    }
+    both_see(&[&a, &b], "+15550000004", "UPDATE while LISTEN was down").await;
 
     // Deletion on A reaches B.
     assert!(a.delete_device("t1", "dev-cache").await.unwrap());
