@@ -779,6 +779,7 @@ fn receipt(reference: &str, delivered: bool, detail: &str) -> Receipt {
         reference: reference.into(),
         delivered,
         detail: detail.into(),
+        ack: None,
     }
 }
 

@@ -136,9 +136,11 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 c if c & cmd::RESP != 0 => "resp",
                 _ => "other",
             };
-            log.lock()
-                .unwrap()
-                .push(format!("{conn} {name} {:?}", std::time::Instant::now()));
+            log.lock().unwrap().push(format!(
+                "{conn} {name} status={:#x} {:?}",
+                h.status,
+                std::time::Instant::now()
+            ));
             let reply = match h.command_id {
                 cmd::BIND_TRANSCEIVER => Some(Pdu::response(&h, 0, Body::IdResp("FAKE".into()))),
                 cmd::ENQUIRE_LINK if mode != Mode::SilentEnquire => {
@@ -526,6 +528,16 @@ async fn tls_session_binds_submits_and_verifies_the_certificate() {
 
 #[tokio::test]
 async fn decimal_receipt_ids_correlate_with_hex_submit_ids_and_are_acked() {
+    receipt_acked_after_commit(true).await;
+}
+
+#[tokio::test]
+async fn a_receipt_that_could_not_be_recorded_is_answered_with_a_temporary_error() {
+    // ESME_RX_T_APPN (0x64): the SMSC keeps the receipt and delivers it again later.
+    receipt_acked_after_commit(false).await;
+}
+
+async fn receipt_acked_after_commit(committed: bool) {
     let smsc = FakeSmsc::start(vec![Mode::DecimalReceipt]).await;
     let (tx, mut rx) = mpsc::channel(4);
     let ctx = BindingContext {
@@ -562,8 +574,30 @@ async fn decimal_receipt_ids_correlate_with_hex_submit_ids_and_are_acked() {
         .unwrap();
     assert_eq!(r.reference, "fake:fa1");
     assert!(!r.delivered, "UNDELIV is a failure");
+    // The test plays the dispatcher: until it says the receipt is committed, the SMSC gets no
+    // deliver_sm_resp (so a crash now would make the SMSC deliver it again).
+    let ack = r
+        .ack
+        .clone()
+        .expect("an SMPP receipt asks to be acknowledged");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), async {
+            while smsc.count("0 resp") == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .is_err(),
+        "deliver_sm_resp sent before the receipt was committed"
+    );
+    ack.done(committed);
+    let expected = if committed {
+        "0 resp status=0x0 "
+    } else {
+        "0 resp status=0x64 "
+    };
     wait_until("deliver_sm_resp at the SMSC", 5, || {
-        smsc.count("0 resp") >= 1
+        smsc.count(expected) >= 1
     })
     .await;
     assert!(metric(

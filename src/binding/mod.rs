@@ -286,6 +286,45 @@ pub struct Receipt {
     /// `true` delivered, `false` failed at the far end.
     pub delivered: bool,
     pub detail: String,
+    /// Told once the receipt is committed (or could not be): a binding whose peer redelivers
+    /// unacknowledged receipts (SMPP) acknowledges only then, so a crash loses none.
+    pub ack: Option<ReceiptAck>,
+}
+
+/// The committed-or-not signal of one [`Receipt`]. Cloning shares it; the first
+/// [`ReceiptAck::done`] wins. Dropped without `done`, the waiting side sees a failure.
+#[derive(Clone, Default)]
+pub struct ReceiptAck(std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<bool>>>>);
+
+impl ReceiptAck {
+    /// A signal and the receiver that learns `true` (committed) or `false` (not recorded).
+    pub fn new() -> (Self, tokio::sync::oneshot::Receiver<bool>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (
+            Self(std::sync::Arc::new(std::sync::Mutex::new(Some(tx)))),
+            rx,
+        )
+    }
+
+    pub fn done(&self, committed: bool) {
+        let tx = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(tx) = tx {
+            let _ = tx.send(committed);
+        }
+    }
+}
+
+impl std::fmt::Debug for ReceiptAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReceiptAck")
+    }
+}
+
+impl PartialEq for ReceiptAck {
+    /// Receipts compare by content; the signal is not part of it.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// What a binding gets at construction.

@@ -373,16 +373,21 @@ impl Dispatcher {
             // One transaction for everything that arrived meanwhile (an SMSC sends receipts in
             // bursts; one commit each made the store's fsync the limit).
             match self.apply_receipts(&batch).await {
-                Ok(()) => {}
+                Ok(()) => batch.iter().for_each(|r| acknowledge(r, true)),
                 Err(e) if batch.len() > 1 => {
                     tracing::warn!(message = "Receipt batch failed; applying one by one.", error = %e, count = batch.len());
                     for r in &batch {
-                        if let Err(e) = self.apply_receipts(std::slice::from_ref(r)).await {
-                            self.receipt_lost(r, &e);
+                        let result = self.apply_receipts(std::slice::from_ref(r)).await;
+                        if let Err(e) = &result {
+                            self.receipt_lost(r, e);
                         }
+                        acknowledge(r, result.is_ok());
                     }
                 }
-                Err(e) => self.receipt_lost(&batch[0], &e),
+                Err(e) => {
+                    self.receipt_lost(&batch[0], &e);
+                    acknowledge(&batch[0], false);
+                }
             }
             batch.clear();
         }
@@ -455,6 +460,13 @@ async fn completion_writer(
                 }
             }
         }
+    }
+}
+
+/// Tells the binding whether its receipt is committed (it acknowledges the peer only then).
+fn acknowledge(r: &Receipt, committed: bool) {
+    if let Some(ack) = &r.ack {
+        ack.done(committed);
     }
 }
 

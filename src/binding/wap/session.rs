@@ -15,6 +15,7 @@ use std::{
 };
 
 use bytes::{Buf, BytesMut};
+use futures_util::{StreamExt, stream::FuturesUnordered};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -26,9 +27,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::SmppMetrics;
 use crate::{
-    binding::{BindingKind, Receipt},
+    binding::{BindingKind, Receipt, ReceiptAck},
     codec::smpp::{self, Body, Pdu, cmd, status},
 };
+
+/// A delivery receipt's deliver_sm header and whether the receipt was committed.
+type AckWait = std::pin::Pin<Box<dyn std::future::Future<Output = (smpp::Header, bool)> + Send>>;
 
 /// How SMS ports/concatenation reach the SMSC (addendum Q5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -455,6 +459,8 @@ impl Session {
         let mut tokens = cap;
         let mut refill_at = Instant::now();
         let window = cfg.window.max(1);
+        // deliver_sm receipts waiting for their commit before we acknowledge them.
+        let mut acks: FuturesUnordered<AckWait> = FuturesUnordered::new();
 
         loop {
             let now = Instant::now();
@@ -497,7 +503,7 @@ impl Session {
                             Err(e) => return End::Error(e),
                         };
                         if let Err(e) = self
-                            .handle(pdu, &mut wr, pending, &mut enquire, &mut throttle_until)
+                            .handle(pdu, &mut wr, pending, &mut enquire, &mut throttle_until, &mut acks)
                             .await
                         {
                             return End::Error(e);
@@ -528,6 +534,17 @@ impl Session {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => return End::Error(format!("write: {e}")),
                         Err(_) => return End::Error("write timed out".into()),
+                    }
+                }
+                Some((h, committed)) = acks.next(), if !acks.is_empty() => {
+                    // Not recorded: a temporary error makes the SMSC deliver it again later
+                    // (SMPP 3.4 §5.1.3, ESME_RX_T_APPN).
+                    let st = if committed { status::ROK } else { status::RX_T_APPN };
+                    let Ok(b) = Pdu::response(&h, st, Body::IdResp(String::new())).encode() else {
+                        continue;
+                    };
+                    if let Err(e) = wr.write_all(&b).await {
+                        return End::Error(format!("write: {e}"));
                     }
                 }
                 _ = sleep_until(wake) => {
@@ -570,6 +587,7 @@ impl Session {
         pending: &mut HashMap<u32, Pending>,
         enquire: &mut Option<(u32, Instant)>,
         throttle_until: &mut Option<Instant>,
+        acks: &mut FuturesUnordered<AckWait>,
     ) -> Result<(), String> {
         let name = self.cfg.name.clone();
         let h = pdu.header;
@@ -638,16 +656,16 @@ impl Session {
                                     "{name}:{}",
                                     smpp::normalise_id(&r.message_id, self.cfg.receipt_id_decimal)
                                 );
-                                // Acknowledged once the dispatcher's receipt channel has it
-                                // (backpressure: a slow store slows the SMSC down). Not yet
-                                // durable: a crash between this ack and the receipt batch's
-                                // commit (milliseconds) loses the receipt, and its push stays
-                                // `accepted` (docs/wap.md, known gaps).
+                                // Acknowledged only once the receipt is committed: if we die
+                                // first, the SMSC delivers it again (after a rebind). A full
+                                // channel slows the SMSC down instead of dropping receipts.
+                                let (ack, committed) = ReceiptAck::new();
                                 let receipt = Receipt {
                                     binding: BindingKind::Wap,
                                     reference,
                                     delivered,
                                     detail: format!("SMPP receipt stat:{}", r.state),
+                                    ack: Some(ack),
                                 };
                                 tokio::select! {
                                     _ = self.shutdown.cancelled() => return Err("shutdown while queueing receipt".into()),
@@ -655,6 +673,10 @@ impl Session {
                                         return Err("receipt channel closed".into());
                                     },
                                 }
+                                acks.push(Box::pin(async move {
+                                    (h, committed.await.unwrap_or(false))
+                                }));
+                                return Ok(());
                             }
                         }
                         None => tracing::warn!(smsc = %name, "unparseable delivery receipt"),
