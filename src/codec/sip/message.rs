@@ -550,10 +550,11 @@ pub fn frame_stream(buf: &[u8]) -> Result<Option<usize>, ParseError> {
         offset: skip + end,
         name: "Content-Length",
     })?;
-    let total = end + 4 + cl;
-    if total > MAX_MESSAGE {
-        return Err(ParseError::TooLarge { offset: skip });
-    }
+    // Checked: the peer chooses Content-Length, up to usize::MAX (found by the fuzzer).
+    let total = cl
+        .checked_add(end + 4)
+        .filter(|t| *t <= MAX_MESSAGE)
+        .ok_or(ParseError::TooLarge { offset: skip })?;
     if msg.len() >= total {
         Ok(Some(skip + total))
     } else {
@@ -848,5 +849,21 @@ mod tests {
             let _ = parse_response(&raw);
             let _ = frame_stream(&raw);
         }
+    }
+
+    #[test]
+    fn a_content_length_near_usize_max_is_too_large_not_an_overflow() {
+        // Fuzzer input (sip_response): compact `l` header with 18446744073709551615.
+        let input: &[u8] = b"L\r*L\nL:0000000000000000018446744073709551615\nL\n\r\n\r\n0";
+        assert!(matches!(
+            frame_stream(input),
+            Err(ParseError::TooLarge { .. })
+        ));
+        let _ = parse_response(input);
+        let max = format!("SIP/2.0 200 OK\r\nContent-Length: {}\r\n\r\n", usize::MAX);
+        assert!(matches!(
+            frame_stream(max.as_bytes()),
+            Err(ParseError::TooLarge { .. })
+        ));
     }
 }
