@@ -112,10 +112,6 @@ impl DeviceCache {
         self.enabled.store(enabled, Ordering::Release);
     }
 
-    pub fn is_enabled(&self) -> bool {
-        self.enabled.load(Ordering::Acquire)
-    }
-
     pub fn len(&self) -> usize {
         self.map().len()
     }
