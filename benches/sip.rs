@@ -192,7 +192,7 @@ fn binding_rate(
                         tenant: "bench".into(),
                         device_id: None,
                         target: DeviceBinding::Sip {
-                            uri: uri.clone(),
+                            uri: uri.parse().unwrap(),
                             gruu: None,
                         },
                         content_type: ContentType::DmXml,

@@ -40,7 +40,7 @@ fn main() {
 
 fn target() -> DeviceBinding {
     DeviceBinding::Wap {
-        msisdn: Some("+491701234567".into()),
+        msisdn: Some("+491701234567".parse().unwrap()),
         bearer: WapBearer::Sms,
         address: None,
         secure: false,

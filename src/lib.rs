@@ -9,6 +9,7 @@ pub mod binding;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod domain;
 pub mod metrics;
 pub mod queue;
 pub mod sim;

@@ -136,7 +136,7 @@ async fn peer_child_push() {
         tenant: "t".into(),
         device_id: None,
         target: DeviceBinding::Obex {
-            address: "127.0.0.1:650".into(),
+            address: "127.0.0.1:650".parse().unwrap(),
             password: None,
         },
         content_type,

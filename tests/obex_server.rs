@@ -167,7 +167,7 @@ fn delivery(address: &str, password: Option<&str>, body: &[u8]) -> Delivery {
         tenant: "t".into(),
         device_id: None,
         target: DeviceBinding::Obex {
-            address: address.into(),
+            address: address.parse().unwrap(),
             password: password.map(str::to_owned),
         },
         content_type: ContentType::DmWbxml,

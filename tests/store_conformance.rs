@@ -611,7 +611,7 @@ async fn devices(s: Arc<dyn Store>) {
     d.created_at_ms = T0 + 999; // a replace must keep the original creation time
     d.updated_at_ms = T0 + 1_000;
     d.bindings.push(dmpushd::binding::DeviceBinding::Sip {
-        uri: "sip:b@example.test".into(),
+        uri: "sip:b@example.test".parse().unwrap(),
         gruu: None,
     });
     assert!(!s.put_device(&d).await.unwrap(), "second put replaces");

@@ -160,7 +160,7 @@ async fn both_see(stores: &[&Arc<dyn Store>], msisdn: &str, what: &str) {
 
 fn msisdn_of(d: &Option<Device>) -> Option<String> {
     match d.as_ref()?.bindings.first()? {
-        DeviceBinding::Wap { msisdn, .. } => msisdn.clone(),
+        DeviceBinding::Wap { msisdn, .. } => msisdn.as_deref().map(str::to_owned),
         _ => None,
     }
 }

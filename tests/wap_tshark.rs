@@ -207,7 +207,7 @@ async fn udp_bearer_datagram_is_a_wsp_push_for_tshark() {
     let target = DeviceBinding::Wap {
         msisdn: None,
         bearer: WapBearer::Udp,
-        address: Some(format!("127.0.0.1:{dport}")),
+        address: Some(format!("127.0.0.1:{dport}").parse().unwrap()),
         secure: false,
     };
     let preview = b.preview(&target, ContentType::DmWbxml, &wbxml).unwrap();

@@ -10,17 +10,15 @@ use axum::{
 use serde::{Deserialize, Serialize};
 
 use super::{ApiState, Problem, Tenant, problem, rfc3339, validate};
-use crate::{
-    binding::DeviceBinding,
-    store::{Device, DmCredentials},
-};
+use crate::domain::{Device, DeviceBinding, DmCredentials};
 
 /// Body of `PUT /v1/devices/{id}`.
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceBody {
     /// Ordered: `auto` pushes try them in this order.
-    pub bindings: Vec<DeviceBinding>,
+    #[schema(value_type = Vec<DeviceBinding>)]
+    pub bindings: Vec<validate::BindingInput>,
     #[serde(default)]
     pub dm: Option<DmCredentials>,
 }
@@ -96,15 +94,15 @@ pub async fn put(
     let body = body.map_err(problem::from_bytes_rejection)?;
     validate::device_id(&id)?;
     let req: DeviceBody = problem::parse_json(&body)?;
-    validate::bindings(&req.bindings, "bindings")?;
+    let bindings = validate::bindings(&req.bindings, "bindings")?;
     if let Some(dm) = &req.dm {
         validate::dm(dm)?;
     }
-    let now = crate::queue::now_ms();
+    let now = crate::domain::now_ms();
     let device = Device {
         tenant,
         id,
-        bindings: req.bindings,
+        bindings,
         dm: req.dm,
         created_at_ms: now,
         updated_at_ms: now,

@@ -20,7 +20,7 @@ use super::{devices, problem::Problem, pushes};
         Problem, devices::DeviceBody, devices::DeviceView, devices::DeviceList,
         pushes::PushRequest, pushes::Submitted, pushes::PushView, pushes::EventView, pushes::PushList,
         pushes::BatchItem, pushes::BatchResult, pushes::PreviewResult, pushes::BindingPreview,
-        crate::binding::DeviceBinding, crate::binding::HmacCredentials, crate::store::DmCredentials,
+        crate::domain::DeviceBinding, crate::domain::HmacCredentials, crate::domain::DmCredentials,
     )),
     modifiers(&BearerAuth),
 )]

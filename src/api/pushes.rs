@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiState, Problem, Tenant, problem, rfc3339, validate, validate::NotificationParams};
 use crate::{
-    binding::{BindingKind, ContentType, DeviceBinding, Preview},
+    binding::Preview,
     codec::notification,
-    store::{CancelResult, Enqueued, NewPush, PushFilter, PushRecord, PushState},
+    domain::{BindingKind, ContentType, DeviceBinding, PushState},
+    store::{CancelResult, Enqueued, NewPush, PushFilter, PushRecord},
 };
 
 /// Most items in one batch request.
@@ -28,7 +29,8 @@ pub struct PushRequest {
     /// A registered device id.
     pub device: Option<String>,
     /// Inline bindings instead of a registered device.
-    pub bindings: Option<Vec<DeviceBinding>>,
+    #[schema(value_type = Option<Vec<DeviceBinding>>)]
+    pub bindings: Option<Vec<validate::BindingInput>>,
     /// `auto` (default: the device's bindings in order, with fallback) or a binding type.
     pub binding: Option<String>,
     pub content_type: Option<String>,
@@ -150,10 +152,7 @@ async fn prepare(
             Some(d) => (Some(id.clone()), d.bindings.clone(), Some(d)),
             None => return Err(Problem::invalid("device", format!("unknown device {id:?}"))),
         },
-        (None, Some(list)) => {
-            validate::bindings(&list, "bindings")?;
-            (None, list, None)
-        }
+        (None, Some(list)) => (None, validate::bindings(&list, "bindings")?, None),
     };
     let choice = validate::binding_choice(req.binding.as_deref())?;
     if let Some(kind) = choice
@@ -459,7 +458,7 @@ async fn submit_request(
     hash: String,
     header_key: Option<String>,
 ) -> Result<(StatusCode, Submitted, bool), Problem> {
-    let now = crate::queue::now_ms();
+    let now = crate::domain::now_ms();
     let Prepared { push } = prepare(st, tenant, req, hash, header_key, now).await?;
     check_capability(st, &push)?;
     match st.store.enqueue(push).await? {
@@ -714,7 +713,7 @@ pub async fn preview(
         req,
         String::new(),
         None,
-        crate::queue::now_ms(),
+        crate::domain::now_ms(),
     )
     .await?;
     let bindings = previews(&st, &push)
@@ -816,7 +815,7 @@ pub async fn cancel(
 ) -> Result<Json<Submitted>, Problem> {
     match st
         .store
-        .cancel(&tenant, &id, crate::queue::now_ms())
+        .cancel(&tenant, &id, crate::domain::now_ms())
         .await?
     {
         CancelResult::Cancelled => Ok(Json(Submitted {

@@ -1,16 +1,14 @@
 //! Request validation: turns API input into store values or a precise [`Problem`]
 //! ("parse, don't validate": nothing invalid gets past this module).
 
-use std::net::{IpAddr, SocketAddr};
-
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::problem::Problem;
-use crate::{
-    binding::{BindingKind, ContentType, DeviceBinding, WapBearer},
-    store::DmCredentials,
+use crate::domain::{
+    AddressError, BindingKind, ContentType, DeviceBinding, DmCredentials, HmacCredentials,
+    HttpFraming, HttpTarget, Msisdn, ObexAddr, SipAddress, UdpAddr, WapBearer,
 };
 
 /// Longest device id, idempotency key or collapse key we accept.
@@ -32,45 +30,48 @@ pub fn device_id(id: &str) -> Result<(), Problem> {
     Ok(())
 }
 
-/// E.164 (with or without `+`): 7 to 15 digits, not starting with 0.
-pub fn msisdn(s: &str) -> bool {
-    let digits = s.strip_prefix('+').unwrap_or(s);
-    (7..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0')
+/// One device binding as a client sends it (the JSON object of DESIGN §5, addresses as text).
+/// [`binding`] turns it into the typed [`DeviceBinding`], naming the field of the first error.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum BindingInput {
+    Wap {
+        #[serde(default)]
+        msisdn: Option<String>,
+        #[serde(default)]
+        bearer: WapBearer,
+        #[serde(default)]
+        address: Option<String>,
+        #[serde(default)]
+        secure: bool,
+    },
+    Sip {
+        uri: String,
+        #[serde(default)]
+        gruu: Option<String>,
+    },
+    Http {
+        url: String,
+        #[serde(default)]
+        framing: HttpFraming,
+        #[serde(default)]
+        hmac: Option<HmacCredentials>,
+    },
+    Obex {
+        address: String,
+        #[serde(default)]
+        password: Option<String>,
+    },
 }
 
-/// `sip:`/`sips:` URI with a host, or a `tel:` URI with a number.
-pub fn sip_uri(s: &str) -> bool {
-    if s.chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
-    {
-        return false;
-    }
-    let rest = if let Some(r) = s.strip_prefix("sips:").or_else(|| s.strip_prefix("sip:")) {
-        r
-    } else if let Some(r) = s.strip_prefix("tel:") {
-        let num = r.split(';').next().unwrap_or("");
-        let digits: String = num
-            .chars()
-            .filter(|c| !matches!(c, '-' | '.' | '(' | ')'))
-            .collect();
-        return msisdn(&digits)
-            || (digits.len() >= 3 && digits.bytes().all(|b| b.is_ascii_digit()));
-    } else {
-        return false;
+/// Parses one device binding; `at` is its JSON path for error messages.
+pub fn binding(b: &BindingInput, at: &str) -> Result<DeviceBinding, Problem> {
+    let field = |name: &'static str| {
+        move |e: AddressError| Problem::invalid(format!("{at}.{name}"), e.to_string())
     };
-    let hostpart = rest.split(';').next().unwrap_or("");
-    let host = hostpart.rsplit('@').next().unwrap_or("");
-    let host = host.split('?').next().unwrap_or("");
-    !host.is_empty() && !host.starts_with(':')
-}
-
-/// Validates one device binding; `at` is its JSON path for error messages.
-pub fn binding(b: &DeviceBinding, at: &str) -> Result<(), Problem> {
-    match b {
-        DeviceBinding::Wap {
-            msisdn: m,
+    Ok(match b {
+        BindingInput::Wap {
+            msisdn,
             bearer,
             address,
             secure,
@@ -83,67 +84,50 @@ pub fn binding(b: &DeviceBinding, at: &str) -> Result<(), Problem> {
                      (see docs/decisions/wap.md); use secure: false, or the sip/http bindings with TLS",
                 ));
             }
+            // Only the address the bearer uses is required; the other, when given, must be valid
+            // too (it is kept, and a later change of bearer would use it).
+            let msisdn = msisdn
+                .as_deref()
+                .map(Msisdn::parse)
+                .transpose()
+                .map_err(field("msisdn"))?;
+            let address = address
+                .as_deref()
+                .map(UdpAddr::parse)
+                .transpose()
+                .map_err(field("address"))?;
             match bearer {
-                WapBearer::Sms => match m {
-                    Some(m) if msisdn(m) => {}
-                    Some(m) => {
-                        return Err(Problem::invalid(
-                            format!("{at}.msisdn"),
-                            format!("{m:?} is not an E.164 number (+ and 7 to 15 digits)"),
-                        ));
-                    }
-                    None => {
-                        return Err(Problem::invalid(
-                            format!("{at}.msisdn"),
-                            "required for the sms bearer",
-                        ));
-                    }
-                },
-                WapBearer::Udp => match address {
-                    Some(a) if a.parse::<SocketAddr>().is_ok() || a.parse::<IpAddr>().is_ok() => {}
-                    Some(a) => {
-                        return Err(Problem::invalid(
-                            format!("{at}.address"),
-                            format!(
-                                "{a:?} is not an IP address with optional port (e.g. 192.0.2.7:2948)"
-                            ),
-                        ));
-                    }
-                    None => {
-                        return Err(Problem::invalid(
-                            format!("{at}.address"),
-                            "required for the udp bearer",
-                        ));
-                    }
-                },
+                WapBearer::Sms if msisdn.is_none() => {
+                    return Err(Problem::invalid(
+                        format!("{at}.msisdn"),
+                        "required for the sms bearer",
+                    ));
+                }
+                WapBearer::Udp if address.is_none() => {
+                    return Err(Problem::invalid(
+                        format!("{at}.address"),
+                        "required for the udp bearer",
+                    ));
+                }
+                _ => {}
+            }
+            DeviceBinding::Wap {
+                msisdn,
+                bearer: *bearer,
+                address,
+                secure: false,
             }
         }
-        DeviceBinding::Sip { uri, gruu } => {
-            if !sip_uri(uri) {
-                return Err(Problem::invalid(
-                    format!("{at}.uri"),
-                    format!("{uri:?} is not a sip:, sips: or tel: URI"),
-                ));
-            }
-            if let Some(g) = gruu
-                && (!(g.starts_with("sip:") || g.starts_with("sips:")) || !sip_uri(g))
-            {
-                return Err(Problem::invalid(
-                    format!("{at}.gruu"),
-                    format!("{g:?} is not a sip: or sips: URI"),
-                ));
-            }
-        }
-        DeviceBinding::Http { url, hmac, .. } => {
-            let u = url::Url::parse(url).map_err(|e| {
-                Problem::invalid(format!("{at}.url"), format!("{url:?} is not a URL: {e}"))
-            })?;
-            if !matches!(u.scheme(), "https" | "http") || u.host().is_none() {
-                return Err(Problem::invalid(
-                    format!("{at}.url"),
-                    format!("{url:?} must be an https:// URL with a host"),
-                ));
-            }
+        BindingInput::Sip { uri, gruu } => DeviceBinding::Sip {
+            uri: SipAddress::parse(uri).map_err(field("uri"))?,
+            gruu: gruu
+                .as_deref()
+                .map(SipAddress::parse_gruu)
+                .transpose()
+                .map_err(field("gruu"))?,
+        },
+        BindingInput::Http { url, framing, hmac } => {
+            let url = HttpTarget::parse(url).map_err(field("url"))?;
             if let Some(h) = hmac {
                 if h.username.is_empty() {
                     return Err(Problem::invalid(
@@ -158,26 +142,30 @@ pub fn binding(b: &DeviceBinding, at: &str) -> Result<(), Problem> {
                     ));
                 }
             }
+            DeviceBinding::Http {
+                url,
+                framing: *framing,
+                hmac: hmac.clone(),
+            }
         }
-        DeviceBinding::Obex { address, .. } => {
-            crate::binding::obex::parse_address(address)
-                .map_err(|e| Problem::invalid(format!("{at}.address"), e))?;
-        }
-    }
-    Ok(())
+        BindingInput::Obex { address, password } => DeviceBinding::Obex {
+            address: ObexAddr::parse(address).map_err(field("address"))?,
+            password: password.clone(),
+        },
+    })
 }
 
-pub fn bindings(list: &[DeviceBinding], at: &str) -> Result<(), Problem> {
+pub fn bindings(list: &[BindingInput], at: &str) -> Result<Vec<DeviceBinding>, Problem> {
     if list.is_empty() {
         return Err(Problem::invalid(at, "at least one binding is required"));
     }
     if list.len() > 16 {
         return Err(Problem::invalid(at, "at most 16 bindings"));
     }
-    for (i, b) in list.iter().enumerate() {
-        binding(b, &format!("{at}[{i}]"))?;
-    }
-    Ok(())
+    list.iter()
+        .enumerate()
+        .map(|(i, b)| binding(b, &format!("{at}[{i}]")))
+        .collect()
 }
 
 pub fn dm(dm: &DmCredentials) -> Result<(), Problem> {

@@ -27,6 +27,7 @@ use super::{
     Outcome, Preview,
 };
 use crate::codec::hmac;
+use crate::domain::HttpTarget;
 
 /// `X-Wap-Application-Id` for SyncML DM (OMNA push app id 0x07, text form).
 pub const APP_ID: &str = "x-wap-application:syncml.dm";
@@ -322,8 +323,9 @@ impl HttpBinding {
         })
     }
 
-    fn check_url(&self, url: &str) -> Result<reqwest::Url, String> {
-        let u = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    fn check_url(&self, target: &HttpTarget) -> Result<reqwest::Url, String> {
+        let u = target.url().clone();
+        let url = target.as_str();
         match u.scheme() {
             "https" => {}
             "http" if self.allow_plaintext => {}

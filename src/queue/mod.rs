@@ -16,10 +16,7 @@ pub mod dispatcher;
 
 pub use dispatcher::{Dispatcher, DispatcherConfig};
 
-/// Current time as Unix milliseconds (the only clock read of the queue).
-pub fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
+pub use crate::domain::now_ms;
 
 /// Which binding (and address) an attempt uses, or why there is none.
 pub fn pick_binding(
@@ -121,11 +118,11 @@ mod tests {
             device_id: None,
             bindings: vec![
                 DeviceBinding::Sip {
-                    uri: "sip:a@b".into(),
+                    uri: "sip:a@b".parse().unwrap(),
                     gruu: None,
                 },
                 DeviceBinding::Wap {
-                    msisdn: Some("+447700900123".into()),
+                    msisdn: Some("+447700900123".parse().unwrap()),
                     bearer: WapBearer::Sms,
                     address: None,
                     secure: false,

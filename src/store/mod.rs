@@ -11,108 +11,18 @@
 //! * Every state transition writes an event row in the same transaction as the state change.
 //! * Times are Unix milliseconds supplied by the caller (the queue owns the clock).
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::binding::{BindingKind, ContentType, DeviceBinding, Receipt};
+use crate::domain::{BindingKind, ContentType, DeviceBinding, Receipt};
+pub use crate::domain::{Device, DmCredentials, PushState};
 
 mod device_cache;
 pub mod postgres;
 pub mod sqlite;
 
 pub use device_cache::{DeviceCache, Ticket as DeviceCacheTicket};
-
-/// Push states (DESIGN §4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PushState {
-    Queued,
-    Sending,
-    Accepted,
-    Delivered,
-    RetryWait,
-    Failed,
-    Expired,
-    Cancelled,
-    Superseded,
-}
-
-impl PushState {
-    pub const ALL: [PushState; 9] = [
-        Self::Queued,
-        Self::Sending,
-        Self::Accepted,
-        Self::Delivered,
-        Self::RetryWait,
-        Self::Failed,
-        Self::Expired,
-        Self::Cancelled,
-        Self::Superseded,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Sending => "sending",
-            Self::Accepted => "accepted",
-            Self::Delivered => "delivered",
-            Self::RetryWait => "retry_wait",
-            Self::Failed => "failed",
-            Self::Expired => "expired",
-            Self::Cancelled => "cancelled",
-            Self::Superseded => "superseded",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
-    /// Final states never change again.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            Self::Delivered | Self::Failed | Self::Expired | Self::Cancelled | Self::Superseded
-        )
-    }
-}
-
-impl fmt::Display for PushState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// DM account data used to build package #0 notifications (DESIGN §4). Secrets are write-only.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DmCredentials {
-    pub server_id: String,
-    pub server_password: String,
-    /// Server nonce as the device stores it, base64 (decoded to raw octets for the digest).
-    #[serde(default)]
-    pub server_nonce: String,
-}
-
-impl fmt::Debug for DmCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DmCredentials")
-            .field("server_id", &self.server_id)
-            .field("server_password", &"<redacted>")
-            .finish()
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Device {
-    pub tenant: String,
-    pub id: String,
-    pub bindings: Vec<DeviceBinding>,
-    pub dm: Option<DmCredentials>,
-    pub created_at_ms: i64,
-    pub updated_at_ms: i64,
-}
 
 /// A validated push, ready to be committed.
 #[derive(Clone, Debug, PartialEq)]

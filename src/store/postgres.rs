@@ -36,7 +36,7 @@ use super::{
     PushFilter, PushRecord, PushState, ReceiptEffect, Store, StoreError, StoreOptions, from_json,
     parse_binding, parse_content_type, parse_state, to_json,
 };
-use crate::binding::{BindingKind, Receipt};
+use crate::domain::{BindingKind, Receipt};
 
 /// NOTIFY channel shared by all replicas of one database.
 pub const WAKEUP_CHANNEL: &str = "dmpushd_wakeup";

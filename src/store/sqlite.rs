@@ -21,7 +21,7 @@ use super::{
     PushFilter, PushRecord, PushState, ReceiptEffect, Store, StoreError, StoreOptions, from_json,
     parse_binding, parse_content_type, parse_state, to_json,
 };
-use crate::binding::{BindingKind, Receipt};
+use crate::domain::{BindingKind, Receipt};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 

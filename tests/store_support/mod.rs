@@ -165,7 +165,7 @@ pub fn next_id() -> String {
 
 pub fn wap(msisdn: &str) -> DeviceBinding {
     DeviceBinding::Wap {
-        msisdn: Some(msisdn.into()),
+        msisdn: Some(msisdn.parse().unwrap()),
         bearer: WapBearer::Sms,
         address: None,
         secure: false,
@@ -181,7 +181,7 @@ pub fn push(tenant: &str) -> NewPush {
         bindings: vec![
             wap("+15550001111"),
             DeviceBinding::Sip {
-                uri: "sip:dev@example.test".into(),
+                uri: "sip:dev@example.test".parse().unwrap(),
                 gruu: None,
             },
         ],

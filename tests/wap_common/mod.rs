@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 pub fn sms_target(msisdn: &str) -> DeviceBinding {
     DeviceBinding::Wap {
-        msisdn: Some(msisdn.into()),
+        msisdn: Some(msisdn.parse().unwrap()),
         bearer: WapBearer::Sms,
         address: None,
         secure: false,

@@ -25,6 +25,7 @@ use super::{
 use crate::codec::obex::{
     self as codec, Action, ClientSession, ConnectFields, Packet, PutRequest, SessionError,
 };
+use crate::domain::ObexAddr;
 
 /// IANA port of OBEX over TCP (protocol-facts §F.6), used when the address has none.
 pub const DEFAULT_PORT: u16 = 650;
@@ -114,36 +115,6 @@ pub struct ObexBinding {
     packets: IntCounter,
     auth: IntCounter,
     latency: HistogramVec,
-}
-
-/// Splits `host:port`, `[v6]:port`, `host` (port 650).
-pub fn parse_address(addr: &str) -> Result<(String, u16), String> {
-    let a = addr.trim();
-    if a.is_empty() {
-        return Err("empty OBEX relay address".into());
-    }
-    if let Some(rest) = a.strip_prefix('[') {
-        let (host, tail) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("OBEX address {a:?}: unclosed '['"))?;
-        let port = match tail.strip_prefix(':') {
-            Some(p) => p
-                .parse()
-                .map_err(|_| format!("OBEX address {a:?}: bad port"))?,
-            None if tail.is_empty() => DEFAULT_PORT,
-            None => return Err(format!("OBEX address {a:?}: junk after ']'")),
-        };
-        return Ok((host.to_owned(), port));
-    }
-    match a.rsplit_once(':') {
-        Some((h, _)) if h.contains(':') => Ok((a.to_owned(), DEFAULT_PORT)), // bare IPv6
-        Some((h, p)) => Ok((
-            h.to_owned(),
-            p.parse()
-                .map_err(|_| format!("OBEX address {a:?}: bad port {p:?}"))?,
-        )),
-        None => Ok((a.to_owned(), DEFAULT_PORT)),
-    }
 }
 
 /// Transport failure: always worth retrying later.
@@ -287,8 +258,12 @@ impl ObexBinding {
         }
     }
 
-    async fn attempt(&self, address: &str, req: PutRequest) -> Result<codec::PutDone, Failure> {
-        let (host, port) = parse_address(address).map_err(Failure::Config)?;
+    async fn attempt(
+        &self,
+        address: &ObexAddr,
+        req: PutRequest,
+    ) -> Result<codec::PutDone, Failure> {
+        let (host, port) = (address.host().to_owned(), address.port());
         let addr = format!("{host}:{port}");
         let tcp = tokio::time::timeout(
             Duration::from_millis(self.cfg.connect_timeout_ms),
@@ -391,7 +366,7 @@ impl Binding for ObexBinding {
         let DeviceBinding::Obex { address, password } = target else {
             return Err("not an obex target".into());
         };
-        parse_address(address)?;
+        let _ = address; // parsed (and so valid) since it entered the system
         let mut s = ClientSession::new(self.request(password.as_deref(), content_type, body));
         let mut units = vec![s.start().map_err(|e| e.to_string())?];
         let connect_ok = Packet {
@@ -486,17 +461,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses() {
-        assert_eq!(parse_address("relay:651").unwrap(), ("relay".into(), 651));
-        assert_eq!(parse_address("relay").unwrap(), ("relay".into(), 650));
-        assert_eq!(parse_address("[::1]:700").unwrap(), ("::1".into(), 700));
-        assert_eq!(parse_address("[::1]").unwrap(), ("::1".into(), 650));
-        assert_eq!(parse_address("::1").unwrap(), ("::1".into(), 650));
-        assert!(parse_address("relay:x").is_err());
-        assert!(parse_address("").is_err());
-    }
-
-    #[test]
     fn preview_is_the_session_packets() {
         let cfg = ObexConfig {
             max_packet: 255,
@@ -504,7 +468,7 @@ mod tests {
         };
         let b = ObexBinding::new(&cfg, &prometheus::Registry::new()).unwrap();
         let target = DeviceBinding::Obex {
-            address: "127.0.0.1:650".into(),
+            address: "127.0.0.1:650".parse().unwrap(),
             password: None,
         };
         let body = vec![0x5A; 600];

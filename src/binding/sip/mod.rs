@@ -30,6 +30,7 @@ use crate::codec::sip::{
     auth::{self, DigestInput},
     message::{self, MessageRequest, parse_response},
 };
+use crate::domain::SipAddress;
 
 /// One set of digest credentials, chosen by the challenge's realm. The password never reaches a
 /// log (manual `Debug`).
@@ -284,19 +285,19 @@ impl SipBinding {
         self.epoch.elapsed()
     }
 
-    /// `sip:`/`sips:` as is; `tel:` through the configured domain.
-    fn normalise(&self, uri: &str) -> Result<String, String> {
-        let t = uri.trim();
-        if t.len() >= 4 && t[..4].eq_ignore_ascii_case("tel:") {
-            let domain = self
-                .cfg
-                .domain
-                .as_deref()
-                .ok_or("tel: device URI needs [bindings.sip] domain")?;
-            return message::tel_to_sip(t, domain).map_err(|e| e.to_string());
+    /// `sip:`/`sips:` as is; `tel:` through the configured domain (RFC 3261 §19.1.6).
+    fn normalise(&self, uri: &SipAddress) -> Result<String, String> {
+        match uri {
+            SipAddress::Sip(u) => Ok(u.raw.clone()),
+            SipAddress::Tel(t) => {
+                let domain = self
+                    .cfg
+                    .domain
+                    .as_deref()
+                    .ok_or("tel: device URI needs [bindings.sip] domain")?;
+                message::tel_to_sip(t, domain).map_err(|e| e.to_string())
+            }
         }
-        SipUri::parse(t).map_err(|e| e.to_string())?;
-        Ok(t.to_string())
     }
 
     fn plan(&self, target: &DeviceBinding, request_uri: Option<&str>) -> Result<Plan, String> {
@@ -842,7 +843,7 @@ mod tests {
     async fn default_config_builds_and_previews() {
         let b = build(&SipConfig::default(), &ctx()).await.unwrap().unwrap();
         let target = DeviceBinding::Sip {
-            uri: "sip:device@127.0.0.1:5070".into(),
+            uri: "sip:device@127.0.0.1:5070".parse().unwrap(),
             gruu: None,
         };
         let p = b
@@ -864,12 +865,12 @@ mod tests {
         );
         // tel: needs a domain.
         let tel = DeviceBinding::Sip {
-            uri: "tel:+447700900123".into(),
+            uri: "tel:+447700900123".parse().unwrap(),
             gruu: None,
         };
         assert!(b.preview(&tel, ContentType::DmXml, b"x").is_err());
         let http = DeviceBinding::Http {
-            url: "https://x".into(),
+            url: "https://x".parse().unwrap(),
             framing: Default::default(),
             hmac: None,
         };
@@ -889,8 +890,12 @@ mod tests {
         };
         let b = build(&cfg, &ctx()).await.unwrap().unwrap();
         let target = DeviceBinding::Sip {
-            uri: "tel:+44-7700-900123".into(),
-            gruu: Some("sip:+447700900123@ims.example.net;gr=urn:uuid:f81d4fae".into()),
+            uri: "tel:+44-7700-900123".parse().unwrap(),
+            gruu: Some(
+                "sip:+447700900123@ims.example.net;gr=urn:uuid:f81d4fae"
+                    .parse()
+                    .unwrap(),
+            ),
         };
         let p = b
             .preview(&target, ContentType::Notification, &[0x80])

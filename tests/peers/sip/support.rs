@@ -234,7 +234,7 @@ pub fn delivery(uri: &str, content_type: ContentType, body: &[u8]) -> Delivery {
         tenant: "t".into(),
         device_id: None,
         target: DeviceBinding::Sip {
-            uri: uri.into(),
+            uri: uri.parse().unwrap(),
             gruu: None,
         },
         content_type,
