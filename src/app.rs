@@ -28,7 +28,7 @@ pub struct App {
 impl App {
     /// Binds the listener and opens everything; nothing runs until [`App::run`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        crate::config::tls::install_provider();
+        crate::tls::install_provider();
         let metrics = Metrics::new();
         let store = store::open(&settings.store).await?;
 

@@ -15,4 +15,5 @@ pub mod queue;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod tool;

@@ -174,7 +174,7 @@ async fn kill_9_during_an_smpp_burst_loses_nothing() {
     )
     .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    dmpushd::config::tls::install_provider();
+    dmpushd::tls::install_provider();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut child = spawn(&config);
     wait_ok(&http, &base, "/readyz").await;

@@ -151,3 +151,38 @@ fn serve_without_config_file_uses_defaults_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Every config section rejects a key it does not know, naming it (a typo in an operator's
+/// file must not be ignored silently). `[bindings.sip]` used to accept anything.
+#[test]
+fn check_config_rejects_unknown_keys_in_every_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    for (section, header) in [
+        ("server", "[server]"),
+        ("store", "[store]"),
+        ("queue", "[queue]"),
+        ("log", "[log]"),
+        ("tenants", "[[tenants]]\nname = \"t\"\ntoken = \"x\""),
+        ("bindings", "[bindings]"),
+        ("bindings.http", "[bindings.http]"),
+        ("bindings.wap", "[bindings.wap]"),
+        ("bindings.wap.smsc", "[[bindings.wap.smsc]]"),
+        ("bindings.sip", "[bindings.sip]"),
+        ("bindings.sip.credentials", "[[bindings.sip.credentials]]"),
+        ("bindings.obex", "[bindings.obex]"),
+    ] {
+        std::fs::write(&file, format!("{header}\ntransprt_typo = \"tcp\"\n")).unwrap();
+        let out = bin()
+            .args(["check-config", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "[{section}]: {stderr}");
+        assert!(
+            stderr.contains("transprt_typo"),
+            "[{section}] names the key: {stderr}"
+        );
+    }
+}

@@ -475,7 +475,7 @@ async fn build_registers_and_respects_enabled() {
 }
 
 fn tls_acceptor() -> (String, tokio_rustls::TlsAcceptor) {
-    dmpushd::config::tls::install_provider();
+    dmpushd::tls::install_provider();
     let (ca_pem, leaf, key) = common::receiver::test_pki();
     let cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()

@@ -126,7 +126,7 @@ async fn two_replicas_share_the_queue_and_survive_kill_9() {
     };
     let rx = Arc::new(Receiver::start(Duration::from_millis(5)).await);
     let dir = tempfile::tempdir().unwrap();
-    dmpushd::config::tls::install_provider();
+    dmpushd::tls::install_provider();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut replicas = Vec::new();
     for name in ["r1", "r2"] {

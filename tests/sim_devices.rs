@@ -636,7 +636,7 @@ async fn http_device_verifies_hmac_in_both_framings() {
     })
     .await;
     let url = format!("http://{}/push", h.http.unwrap());
-    dmpushd::config::tls::install_provider();
+    dmpushd::tls::install_provider();
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     let body = b"<SyncML xmlns=\"SYNCML:SYNCML1.2\"><SyncHdr/></SyncML>";
     let good = independent_hmac("dmserver", "hmac-pw", b"NONCE123", body);

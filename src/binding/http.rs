@@ -39,7 +39,7 @@ pub const OTA_VERSION: &str = "1.0";
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub enabled: bool,
-    /// Extra trusted CA certificates (PEM) beside the bundled Mozilla roots.
+    /// PEM CA certificates trusted in addition to the bundled Mozilla roots (`crate::tls`).
     pub ca_file: Option<PathBuf>,
     /// Client certificate chain and key (PEM) for mutual TLS.
     pub client_cert: Option<PathBuf>,
@@ -278,13 +278,14 @@ pub async fn build(
 impl HttpBinding {
     pub fn new(cfg: &HttpConfig, registry: &prometheus::Registry) -> anyhow::Result<Self> {
         let policy = TargetPolicy::new(cfg.allow_list().map_err(anyhow::Error::msg)?);
-        let tls = crate::config::tls::client_config(
-            cfg.ca_file.as_deref(),
-            cfg.client_cert.as_deref(),
-            cfg.client_key.as_deref(),
-            &[b"h2", b"http/1.1"],
-        )
-        .map_err(anyhow::Error::msg)?;
+        let tls = crate::tls::ClientTls {
+            section: "bindings.http",
+            ca_file: cfg.ca_file.as_deref(),
+            client_cert: cfg.client_cert.as_deref(),
+            client_key: cfg.client_key.as_deref(),
+            alpn: &[b"h2", b"http/1.1"],
+        }
+        .build()?;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured((*tls).clone())
             .dns_resolver(CheckedResolver {

@@ -13,8 +13,6 @@ use crate::{
     store::StoreOptions,
 };
 
-pub mod tls;
-
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {

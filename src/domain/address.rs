@@ -392,7 +392,10 @@ mod tests {
             Err(AddressError::Url(..))
         ));
         assert!(HttpTarget::parse("https://").is_err());
-        assert!(HttpTarget::parse("mailto:x@example.com").is_err(), "no host");
+        assert!(
+            HttpTarget::parse("mailto:x@example.com").is_err(),
+            "no host"
+        );
     }
 
     #[test]

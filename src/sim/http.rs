@@ -286,7 +286,7 @@ pub fn spawn_https(
         service::TowerToHyperService,
     };
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    crate::config::tls::install_provider();
+    crate::tls::install_provider();
     let (pem, der, key) = self_signed()?;
     let mut tls = rustls::ServerConfig::builder()
         .with_no_client_auth()

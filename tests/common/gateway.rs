@@ -59,7 +59,7 @@ impl Gateway {
     }
 
     pub async fn start_with(settings: Settings, dir: Option<tempfile::TempDir>) -> Self {
-        dmpushd::config::tls::install_provider();
+        dmpushd::tls::install_provider();
         let app = App::build(settings).await.expect("gateway builds");
         let addr = app.local_addr().unwrap();
         let store = app.store.clone();

@@ -94,7 +94,7 @@ pub fn test_pki() -> (String, CertificateDer<'static>, PrivateKeyDer<'static>) {
 impl Receiver {
     /// Starts on a random loopback port; `delay` is added before each answer.
     pub async fn start(delay: Duration) -> Self {
-        dmpushd::config::tls::install_provider();
+        dmpushd::tls::install_provider();
         let (ca_pem, leaf, key) = test_pki();
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("ca.pem");

@@ -44,6 +44,9 @@ pub struct ObexConfig {
     /// Wrap the OBEX session in TLS (server certificate verified against Mozilla roots + `ca_file`).
     pub tls: bool,
     pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) presented when the relay asks; goes with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     /// Target header of CONNECT (protocol-facts §F.7: `SYNCML-DM`); empty sends none.
     pub target: String,
     /// Name header of the PUT; unset → by content type: `dm.wbxml`, `dm.xml`, `dm-notification.bin`.
@@ -61,6 +64,8 @@ impl Default for ObexConfig {
             max_packet: 4096,
             tls: false,
             ca_file: None,
+            client_cert: None,
+            client_key: None,
             target: "SYNCML-DM".into(),
             name: None,
             user_id: None,
@@ -156,8 +161,14 @@ impl ObexBinding {
     pub fn new(cfg: &ObexConfig, registry: &prometheus::Registry) -> anyhow::Result<Self> {
         cfg.validate().map_err(anyhow::Error::msg)?;
         let tls = if cfg.tls {
-            let c = crate::config::tls::client_config(cfg.ca_file.as_deref(), None, None, &[])
-                .map_err(anyhow::Error::msg)?;
+            let c = crate::tls::ClientTls {
+                section: "bindings.obex",
+                ca_file: cfg.ca_file.as_deref(),
+                client_cert: cfg.client_cert.as_deref(),
+                client_key: cfg.client_key.as_deref(),
+                alpn: &[],
+            }
+            .build()?;
             Some(tokio_rustls::TlsConnector::from(c))
         } else {
             None

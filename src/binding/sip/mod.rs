@@ -35,7 +35,7 @@ use crate::domain::SipAddress;
 /// One set of digest credentials, chosen by the challenge's realm. The password never reaches a
 /// log (manual `Debug`).
 #[derive(Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SipCredential {
     pub realm: String,
     pub username: String,
@@ -55,7 +55,7 @@ impl fmt::Debug for SipCredential {
 /// `[bindings.sip]` settings. Every key is optional; the default sends directly to the host of
 /// the device's URI over UDP with the RFC 3261 timers.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SipConfig {
     /// `false` disables the binding (`build` returns `None`).
     pub enabled: bool,
@@ -69,8 +69,12 @@ pub struct SipConfig {
     pub proxy: Option<String>,
     /// Default transport when the URI does not say: `udp`, `tcp` or `tls`.
     pub transport: String,
-    /// Extra PEM CA certificates trusted for TLS (in addition to the webpki roots).
+    /// PEM CA certificates trusted for TLS in addition to the bundled Mozilla roots
+    /// (`crate::tls`: the same meaning in every section).
     pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) presented when a TLS peer asks; goes with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     pub t1_ms: u64,
     pub t2_ms: u64,
     pub t4_ms: u64,
@@ -101,6 +105,8 @@ impl Default for SipConfig {
             proxy: None,
             transport: "udp".into(),
             ca_file: None,
+            client_cert: None,
+            client_key: None,
             t1_ms: 500,
             t2_ms: 4000,
             t4_ms: 5000,
@@ -262,7 +268,14 @@ impl SipBinding {
                 cfg.feature_explicit,
             )
         });
-        let tls = Arc::new(transport::tls_config(cfg.ca_file.as_deref())?);
+        let tls = crate::tls::ClientTls {
+            section: "bindings.sip",
+            ca_file: cfg.ca_file.as_deref(),
+            client_cert: cfg.client_cert.as_deref(),
+            client_key: cfg.client_key.as_deref(),
+            alpn: &[],
+        }
+        .build()?;
         let metrics = Arc::new(Metrics::register(&ctx.registry)?);
         let m = metrics.clone();
         let pool = Pool::new(tls, ctx.shutdown.clone(), Arc::new(move || m.stray.inc()));

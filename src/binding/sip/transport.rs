@@ -289,33 +289,3 @@ pub async fn udp_socket(addr: SocketAddr) -> Result<UdpSocket, LinkError> {
         .map_err(|e| err(format!("connect: {e}")))?;
     Ok(sock)
 }
-
-/// Builds the TLS client configuration: ring provider, webpki roots plus an optional PEM CA file.
-pub fn tls_config(ca_file: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
-    use rustls_pki_types::{CertificateDer, pem::PemObject};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        let mut n = 0;
-        for cert in CertificateDer::pem_file_iter(path)
-            .map_err(|e| anyhow::anyhow!("bindings.sip.ca_file {}: {e}", path.display()))?
-        {
-            let cert =
-                cert.map_err(|e| anyhow::anyhow!("bindings.sip.ca_file {}: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| anyhow::anyhow!("bindings.sip.ca_file {}: {e}", path.display()))?;
-            n += 1;
-        }
-        anyhow::ensure!(
-            n > 0,
-            "bindings.sip.ca_file {}: no certificate",
-            path.display()
-        );
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}

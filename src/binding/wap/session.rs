@@ -70,8 +70,12 @@ pub struct SmscConfig {
     pub system_type: String,
     /// TLS to the SMSC (rustls, ring provider).
     pub tls: bool,
-    /// PEM file of CA certificates to trust instead of the Web PKI roots (private SMSC CAs).
+    /// PEM CA certificates trusted in addition to the bundled Mozilla roots (private SMSC
+    /// CAs; `crate::tls`: the same meaning as `ca_file` in every other section).
     pub tls_ca_file: Option<String>,
+    /// Client certificate chain (PEM) presented when the SMSC asks; goes with `tls_client_key`.
+    pub tls_client_cert: Option<String>,
+    pub tls_client_key: Option<String>,
     /// Name to verify in the SMSC's certificate; default `host`.
     pub tls_server_name: Option<String>,
     /// Maximum outstanding submit_sm (Kannel `max-pending-submits` default 10).
@@ -116,6 +120,8 @@ impl Default for SmscConfig {
             system_type: String::new(),
             tls: false,
             tls_ca_file: None,
+            tls_client_cert: None,
+            tls_client_key: None,
             tls_server_name: None,
             window: 10,
             throughput: 0.0,
@@ -171,35 +177,21 @@ pub struct Tls {
 /// Builds the TLS client for an account with `tls = true` (config errors surface at startup).
 pub fn tls_client(cfg: &SmscConfig) -> anyhow::Result<Option<Tls>> {
     use anyhow::Context as _;
-    use rustls_pki_types::{CertificateDer, pem::PemObject};
     if !cfg.tls {
         return Ok(None);
     }
-    let mut roots = rustls::RootCertStore::empty();
-    match &cfg.tls_ca_file {
-        Some(path) => {
-            for c in CertificateDer::pem_file_iter(path)
-                .with_context(|| format!("smsc {}: reading tls_ca_file {path}", cfg.name))?
-            {
-                let c = c.with_context(|| format!("smsc {}: PEM in {path}", cfg.name))?;
-                roots
-                    .add(c)
-                    .with_context(|| format!("smsc {}: CA certificate in {path}", cfg.name))?;
-            }
-            anyhow::ensure!(
-                !roots.is_empty(),
-                "smsc {}: no certificate in {path}",
-                cfg.name
-            );
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    let section = format!("bindings.wap.smsc {:?}", cfg.name);
+    fn path(p: &Option<String>) -> Option<&std::path::Path> {
+        p.as_deref().map(std::path::Path::new)
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = crate::tls::ClientTls {
+        section: &section,
+        ca_file: path(&cfg.tls_ca_file),
+        client_cert: path(&cfg.tls_client_cert),
+        client_key: path(&cfg.tls_client_key),
+        alpn: &[],
+    }
+    .build()?;
     let host = cfg
         .tls_server_name
         .clone()
@@ -207,7 +199,7 @@ pub fn tls_client(cfg: &SmscConfig) -> anyhow::Result<Option<Tls>> {
     let name = rustls_pki_types::ServerName::try_from(host.clone())
         .with_context(|| format!("smsc {}: invalid TLS server name {host:?}", cfg.name))?;
     Ok(Some(Tls {
-        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        connector: tokio_rustls::TlsConnector::from(config),
         name,
     }))
 }
