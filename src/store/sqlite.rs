@@ -129,9 +129,12 @@ async fn enqueue_writer(
             }
             Err(e) => {
                 tracing::error!(message = "Group commit failed.", error = %e, batch = pushes.len());
-                let msg = e.to_string();
+                let (message, transient) = (e.to_string(), e.is_transient());
                 for reply in replies {
-                    let _ = reply.send(Err(StoreError::Decode(format!("commit failed: {msg}"))));
+                    let _ = reply.send(Err(StoreError::GroupCommit {
+                        message: message.clone(),
+                        transient,
+                    }));
                 }
             }
         }
