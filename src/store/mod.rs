@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::binding::{BindingKind, ContentType, DeviceBinding, Receipt};
 
 mod device_cache;
-mod rules;
 pub mod postgres;
+mod rules;
 pub mod sqlite;
 
 pub use device_cache::{DeviceCache, Ticket as DeviceCacheTicket};
@@ -321,14 +321,16 @@ fn database_is_transient(db: &dyn sqlx::error::DatabaseError) -> bool {
     if db.kind() != sqlx::error::ErrorKind::Other {
         return false; // unique / foreign-key / not-null / check / exclusion violation
     }
-    if let Some(e) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
-        return e
-            .code()
-            .and_then(|c| c.parse::<i64>().ok())
-            .is_some_and(sqlite_code_is_transient);
+    let Some(code) = db.code() else { return false };
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // SQLite reports its (extended) result code as a decimal number.
+        return code.parse::<i64>().is_ok_and(sqlite_code_is_transient);
     }
-    if let Some(e) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-        return sqlstate_is_transient(e.code());
+    if db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+    {
+        return sqlstate_is_transient(&code);
     }
     false
 }

@@ -8,7 +8,9 @@
 
 use std::collections::HashMap;
 
-use super::{Completion, Enqueued, NewPush, Next, PushState};
+#[cfg(doc)]
+use super::Enqueued;
+use super::{Completion, NewPush, Next, PushState};
 use crate::binding::BindingKind;
 
 /// An event row to write (the push id is the caller's).
@@ -160,7 +162,11 @@ pub(crate) enum Settlement {
 /// it. The event names the deciding receipt: `trigger` (the reference of the receipt being
 /// applied) when it decided, else the first failure or the last delivery by time — so the detail
 /// is the same on every backend and does not depend on row order.
-pub(crate) fn settle(state: Option<PushState>, refs: &[RefRow], trigger: Option<&str>) -> Settlement {
+pub(crate) fn settle(
+    state: Option<PushState>,
+    refs: &[RefRow],
+    trigger: Option<&str>,
+) -> Settlement {
     if state != Some(PushState::Accepted) {
         return Settlement::Ignore;
     }
@@ -178,7 +184,10 @@ pub(crate) fn settle(state: Option<PushState>, refs: &[RefRow], trigger: Option<
                 .or(first_failure),
         )
     } else if !refs.is_empty() && refs.iter().all(|r| r.status == RefStatus::Delivered) {
-        (PushState::Delivered, trigger.or(refs.iter().max_by_key(by_time)))
+        (
+            PushState::Delivered,
+            trigger.or(refs.iter().max_by_key(by_time)),
+        )
     } else {
         return Settlement::Hold;
     };
@@ -189,35 +198,16 @@ pub(crate) fn settle(state: Option<PushState>, refs: &[RefRow], trigger: Option<
     Settlement::Finish { state, detail }
 }
 
-/// Idempotent replay: the answer to a push whose `(tenant, idempotency key)` an earlier push
-/// already holds. The same request (hash) gets the earlier push back; a different one conflicts.
-pub(crate) fn replay(
-    earlier_id: String,
-    earlier_hash: Option<&str>,
-    request_hash: Option<&str>,
-    earlier_state: PushState,
-) -> Enqueued {
-    if earlier_hash == request_hash {
-        Enqueued::Replayed {
-            id: earlier_id,
-            state: earlier_state,
-        }
-    } else {
-        Enqueued::KeyConflict { id: earlier_id }
-    }
-}
-
-/// Whether a replay would be answered with the earlier push (`true`) or as a conflict, for
-/// callers that read the earlier push's state only for replays.
+/// Idempotent replay: a push whose `(tenant, idempotency key)` an earlier push already holds is
+/// answered with that earlier push ([`Enqueued::Replayed`], with its current state) when the
+/// requests are the same (equal hashes; no hash matches only no hash), and with
+/// [`Enqueued::KeyConflict`] otherwise. `true` means replay.
 pub(crate) fn is_same_request(earlier_hash: Option<&str>, request_hash: Option<&str>) -> bool {
-    matches!(
-        replay(String::new(), earlier_hash, request_hash, PushState::Queued),
-        Enqueued::Replayed { .. }
-    )
+    earlier_hash == request_hash
 }
 
 /// Idempotency inside one group-commit batch: the first push with a `(tenant, key)` is the one
-/// committed; later ones in the batch are replays of it (answered with [`replay`]).
+/// committed; later ones in the batch are replays of it (answered per [`is_same_request`]).
 #[derive(Default)]
 pub(crate) struct FirstByKey<'a> {
     first: HashMap<(&'a str, &'a str), usize>,
@@ -384,12 +374,20 @@ mod tests {
         );
         // The trigger names the detail even when another part carries a later time.
         assert_eq!(
-            settle(acc, &[r("a", Delivered, "D1", 9), r("b", Delivered, "D2", 2)], Some("b")),
+            settle(
+                acc,
+                &[r("a", Delivered, "D1", 9), r("b", Delivered, "D2", 2)],
+                Some("b")
+            ),
             finish(PushState::Delivered, "receipt: D2")
         );
         // Settled at completion (no trigger): the last delivery by time.
         assert_eq!(
-            settle(acc, &[r("a", Delivered, "D1", 9), r("b", Delivered, "D2", 2)], None),
+            settle(
+                acc,
+                &[r("a", Delivered, "D1", 9), r("b", Delivered, "D2", 2)],
+                None
+            ),
             finish(PushState::Delivered, "receipt: D1")
         );
     }
@@ -413,7 +411,10 @@ mod tests {
             finish(PushState::Failed, "receipt: EARLY")
         );
         // A delivered trigger does not name a failure.
-        let refs = [r("a", Delivered, "DELIVRD", 5), r("b", Failed, "REJECTD", 3)];
+        let refs = [
+            r("a", Delivered, "DELIVRD", 5),
+            r("b", Failed, "REJECTD", 3),
+        ];
         assert_eq!(
             settle(acc, &refs, Some("a")),
             finish(PushState::Failed, "receipt: REJECTD")
@@ -445,24 +446,12 @@ mod tests {
     }
 
     #[test]
-    fn replay_same_hash_returns_the_earlier_push_and_other_hash_conflicts() {
-        assert_eq!(
-            replay("e".into(), Some("h"), Some("h"), PushState::Accepted),
-            Enqueued::Replayed {
-                id: "e".into(),
-                state: PushState::Accepted
-            }
-        );
-        assert_eq!(
-            replay("e".into(), Some("h"), Some("g"), PushState::Accepted),
-            Enqueued::KeyConflict { id: "e".into() }
-        );
+    fn replay_needs_the_same_request_hash() {
+        assert!(is_same_request(Some("h"), Some("h")));
+        assert!(!is_same_request(Some("h"), Some("g")));
         // A request without a hash matches only an earlier one without a hash.
-        assert_eq!(
-            replay("e".into(), None, Some("h"), PushState::Queued),
-            Enqueued::KeyConflict { id: "e".into() }
-        );
         assert!(is_same_request(None, None));
+        assert!(!is_same_request(None, Some("h")));
         assert!(!is_same_request(Some("h"), None));
     }
 
