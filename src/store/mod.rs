@@ -20,6 +20,7 @@ pub use crate::domain::{Device, DmCredentials, PushState};
 
 mod device_cache;
 pub mod postgres;
+mod rules;
 pub mod sqlite;
 
 pub use device_cache::{DeviceCache, Ticket as DeviceCacheTicket};
@@ -187,6 +188,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data could not be read: {0}")]
     Decode(String),
+    /// A group-commit transaction failed; every push of the batch gets this (the cause cannot
+    /// be cloned), classified as the cause was.
+    #[error("commit failed: {message}")]
+    GroupCommit { message: String, transient: bool },
     #[error("store is shutting down")]
     Closed,
     #[error("unsupported store url {0:?} (expected sqlite:// or postgres://)")]
@@ -194,21 +199,67 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Worth retrying (connection trouble, busy database) rather than a bug or bad data.
+    /// Worth retrying (connection trouble, a busy or shutting-down database) rather than a bug or
+    /// bad data. The API answers a transient error with 503 (retry later) and any other with 500;
+    /// the dispatcher retries only transient ones.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Database(e) => matches!(
-                e,
-                sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed
-                    | sqlx::Error::Database(_)
-            ),
+            Self::Database(e) => sqlx_is_transient(e),
+            Self::GroupCommit { transient, .. } => *transient,
             Self::Closed => true,
             Self::Migrate(_) | Self::Decode(_) | Self::Url(_) => false,
         }
     }
+}
+
+fn sqlx_is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => database_is_transient(db.as_ref()),
+        // Protocol, decode, configuration, TLS set-up, missing rows or columns: retrying the
+        // same statement gives the same answer.
+        _ => false,
+    }
+}
+
+/// An error the database returned. A constraint violation is the request's or our fault, never
+/// the database's condition; otherwise the driver's code tells.
+fn database_is_transient(db: &dyn sqlx::error::DatabaseError) -> bool {
+    if db.kind() != sqlx::error::ErrorKind::Other {
+        return false; // unique / foreign-key / not-null / check / exclusion violation
+    }
+    let Some(code) = db.code() else { return false };
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // SQLite reports its (extended) result code as a decimal number.
+        return code.parse::<i64>().is_ok_and(sqlite_code_is_transient);
+    }
+    if db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+    {
+        return sqlstate_is_transient(&code);
+    }
+    false
+}
+
+/// SQLite result codes (<https://www.sqlite.org/rescode.html>); extended codes carry the
+/// primary code in their low byte. BUSY (5), LOCKED (6), IOERR (10), FULL (13) and CANTOPEN (14)
+/// are conditions of the moment; everything else (ERROR 1, CORRUPT 11, CONSTRAINT 19,
+/// MISMATCH 20, …) repeats on retry.
+fn sqlite_code_is_transient(code: i64) -> bool {
+    matches!(code & 0xff, 5 | 6 | 10 | 13 | 14)
+}
+
+/// PostgreSQL SQLSTATE (PostgreSQL docs, Appendix A): class 08 connection exception, 40
+/// transaction rollback (serialization failure, deadlock), 53 insufficient resources, 57
+/// operator intervention (shutdown, statement cancelled), 58 system error, and 55P03
+/// lock_not_available. Classes 22 (data), 23 (integrity), 42 (syntax, undefined object) and the
+/// rest are permanent.
+fn sqlstate_is_transient(code: &str) -> bool {
+    matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58")) || code == "55P03"
 }
 
 /// Connection settings shared by both implementations (`[store]` in the config).
@@ -367,4 +418,116 @@ pub fn to_json<T: Serialize>(v: &T) -> String {
 
 pub fn from_json<T: for<'de> Deserialize<'de>>(s: &str, what: &str) -> Result<T, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Decode(format!("{what}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_and_pool_errors_are_transient() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        for e in [
+            sqlx::Error::Io(io),
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::WorkerCrashed,
+        ] {
+            assert!(StoreError::Database(e).is_transient());
+        }
+        assert!(StoreError::Closed.is_transient());
+        let batch = StoreError::GroupCommit {
+            message: "busy".into(),
+            transient: true,
+        };
+        assert!(batch.is_transient());
+    }
+
+    #[test]
+    fn decode_protocol_and_set_up_errors_are_permanent() {
+        for e in [
+            sqlx::Error::Protocol("garbage".into()),
+            sqlx::Error::RowNotFound,
+            sqlx::Error::ColumnNotFound("x".into()),
+            sqlx::Error::Decode("bad".into()),
+        ] {
+            assert!(!StoreError::Database(e).is_transient());
+        }
+        assert!(!StoreError::Decode("x".into()).is_transient());
+        assert!(!StoreError::Url("mysql://".into()).is_transient());
+        let batch = StoreError::GroupCommit {
+            message: "unique".into(),
+            transient: false,
+        };
+        assert!(!batch.is_transient());
+    }
+
+    #[test]
+    fn sqlite_codes() {
+        // BUSY, LOCKED, IOERR, FULL, CANTOPEN and their extended codes (BUSY_SNAPSHOT 517,
+        // IOERR_FSYNC 1034).
+        for code in [5, 6, 10, 13, 14, 517, 1034] {
+            assert!(sqlite_code_is_transient(code), "{code}");
+        }
+        // ERROR, CORRUPT, CONSTRAINT, CONSTRAINT_UNIQUE (2067), MISMATCH.
+        for code in [1, 11, 19, 2067, 20] {
+            assert!(!sqlite_code_is_transient(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn postgres_sqlstates() {
+        // connection failure, serialization failure, deadlock, too many connections,
+        // admin shutdown, lock not available.
+        for code in ["08006", "40001", "40P01", "53300", "57P01", "55P03"] {
+            assert!(sqlstate_is_transient(code), "{code}");
+        }
+        // unique, foreign key, check, invalid text, syntax error, undefined table.
+        for code in ["23505", "23503", "23514", "22P02", "42601", "42P01", ""] {
+            assert!(!sqlstate_is_transient(code), "{code}");
+        }
+    }
+
+    /// Real errors from SQLite, classified through `sqlx::Error::Database`.
+    #[tokio::test]
+    async fn sqlite_constraint_violation_is_permanent_and_busy_is_transient() {
+        use sqlx::{ConnectOptions, Connection, sqlite::SqliteConnectOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SqliteConnectOptions::new()
+            .filename(dir.path().join("t.db"))
+            .create_if_missing(true)
+            .busy_timeout(Duration::ZERO);
+        let mut a = opts.connect().await.unwrap();
+        sqlx::query("CREATE TABLE t (k TEXT PRIMARY KEY, n INT CHECK (n > 0))")
+            .execute(&mut a)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO t VALUES ('x', 1)")
+            .execute(&mut a)
+            .await
+            .unwrap();
+        for sql in [
+            "INSERT INTO t VALUES ('x', 1)",  // unique
+            "INSERT INTO t VALUES ('y', 0)",  // check
+            "INSERT INTO nowhere VALUES (1)", // no such table (SQLITE_ERROR)
+        ] {
+            let e = StoreError::from(sqlx::query(sql).execute(&mut a).await.unwrap_err());
+            assert!(!e.is_transient(), "{sql}: {e}");
+        }
+        // A second writer while the first holds the write lock: SQLITE_BUSY.
+        let mut b = opts.connect().await.unwrap();
+        let mut tx = a.begin().await.unwrap();
+        sqlx::query("INSERT INTO t VALUES ('z', 1)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let e = StoreError::from(
+            sqlx::query("INSERT INTO t VALUES ('w', 1)")
+                .execute(&mut b)
+                .await
+                .unwrap_err(),
+        );
+        assert!(e.is_transient(), "{e}");
+        tx.rollback().await.unwrap();
+    }
 }

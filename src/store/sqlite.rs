@@ -6,7 +6,7 @@
 //! each caller — so a `202` is durable and throughput grows with concurrency instead of being
 //! capped at one fsync per push.
 
-use std::{collections::HashMap, str::FromStr, sync::Arc, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
     QueryBuilder, Row, Sqlite, SqlitePool, Transaction,
@@ -17,9 +17,11 @@ use sqlx::{
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{
-    CancelResult, Claimed, Completion, Device, DeviceCache, Enqueued, NewPush, Next, PushEvent,
+    CancelResult, Claimed, Completion, Device, DeviceCache, Enqueued, NewPush, PushEvent,
     PushFilter, PushRecord, PushState, ReceiptEffect, Store, StoreError, StoreOptions, from_json,
-    parse_binding, parse_content_type, parse_state, to_json,
+    parse_binding, parse_content_type, parse_state,
+    rules::{self, FirstByKey, RefRow, RefStatus, Settlement, is_same_request},
+    to_json,
 };
 use crate::domain::{BindingKind, Receipt};
 
@@ -129,9 +131,12 @@ async fn enqueue_writer(
             }
             Err(e) => {
                 tracing::error!(message = "Group commit failed.", error = %e, batch = pushes.len());
-                let msg = e.to_string();
+                let (message, transient) = (e.to_string(), e.is_transient());
                 for reply in replies {
-                    let _ = reply.send(Err(StoreError::Decode(format!("commit failed: {msg}"))));
+                    let _ = reply.send(Err(StoreError::GroupCommit {
+                        message: message.clone(),
+                        transient,
+                    }));
                 }
             }
         }
@@ -140,46 +145,42 @@ async fn enqueue_writer(
 
 async fn commit_batch(pool: &SqlitePool, pushes: &[NewPush]) -> Result<Vec<Enqueued>, StoreError> {
     let mut tx = pool.begin().await?;
-    let mut results: Vec<Option<Enqueued>> = vec![None; pushes.len()];
-    // Keys seen earlier in this same batch: (tenant, key) -> (id, request_hash).
-    let mut batch_keys: HashMap<(&str, &str), (&str, Option<&str>)> = HashMap::new();
+    // Per push: its answer, or the earlier push (id, request hash) holding its key.
+    enum Answer {
+        Created,
+        Earlier { id: String, hash: Option<String> },
+    }
+    let mut answers = Vec::with_capacity(pushes.len());
+    let mut first_with_key = FirstByKey::default();
     let mut plain = Vec::with_capacity(pushes.len());
     for (i, p) in pushes.iter().enumerate() {
+        if let Some(j) = first_with_key.earlier(i, p) {
+            // The first push of this batch with the key holds it (inserted, or itself a replay
+            // of an earlier commit).
+            answers.push(match &answers[j] {
+                Answer::Created => Answer::Earlier {
+                    id: pushes[j].id.clone(),
+                    hash: pushes[j].request_hash.clone(),
+                },
+                Answer::Earlier { id, hash } => Answer::Earlier {
+                    id: id.clone(),
+                    hash: hash.clone(),
+                },
+            });
+            continue;
+        }
         if let Some(key) = p.idempotency_key.as_deref() {
-            let earlier = match batch_keys.get(&(p.tenant.as_str(), key)) {
-                Some((id, hash)) => {
-                    Some((id.to_string(), hash.map(str::to_owned), PushState::Queued))
-                }
-                None => {
-                    let row = sqlx::query(
-                        "SELECT id, request_hash, state FROM pushes WHERE tenant = ? AND idempotency_key = ?",
-                    )
-                    .bind(&p.tenant)
-                    .bind(key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    match row {
-                        Some(r) => Some((
-                            r.try_get::<String, _>("id")?,
-                            r.try_get::<Option<String>, _>("request_hash")?,
-                            parse_state(&r.try_get::<String, _>("state")?)?,
-                        )),
-                        None => None,
-                    }
-                }
-            };
-            if let Some((id, hash, state)) = earlier {
-                results[i] = Some(if hash == p.request_hash {
-                    Enqueued::Replayed { id, state }
-                } else {
-                    Enqueued::KeyConflict { id }
-                });
+            let row: Option<(String, Option<String>)> = sqlx::query_as(
+                "SELECT id, request_hash FROM pushes WHERE tenant = ? AND idempotency_key = ?",
+            )
+            .bind(&p.tenant)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((id, hash)) = row {
+                answers.push(Answer::Earlier { id, hash });
                 continue;
             }
-            batch_keys.insert(
-                (p.tenant.as_str(), key),
-                (p.id.as_str(), p.request_hash.as_deref()),
-            );
         }
         if let Some(ck) = p.collapse_key.as_deref() {
             // Insert the rows before this one first, so that an earlier push of the same batch
@@ -189,14 +190,32 @@ async fn commit_batch(pool: &SqlitePool, pushes: &[NewPush]) -> Result<Vec<Enque
             supersede(&mut tx, &p.tenant, ck, &p.id, p.created_at_ms).await?;
         }
         plain.push(p);
-        results[i] = Some(Enqueued::Created { id: p.id.clone() });
+        answers.push(Answer::Created);
     }
     insert_pushes(&mut tx, &plain).await?;
+    // Replays report the earlier push's state as this commit leaves it (after collapse).
+    let mut results = Vec::with_capacity(pushes.len());
+    for (p, a) in pushes.iter().zip(answers) {
+        results.push(match a {
+            Answer::Created => Enqueued::Created { id: p.id.clone() },
+            Answer::Earlier { id, hash } => {
+                if is_same_request(hash.as_deref(), p.request_hash.as_deref()) {
+                    let s: String = sqlx::query_scalar("SELECT state FROM pushes WHERE id = ?")
+                        .bind(&id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    Enqueued::Replayed {
+                        id,
+                        state: parse_state(&s)?,
+                    }
+                } else {
+                    Enqueued::KeyConflict { id }
+                }
+            }
+        });
+    }
     tx.commit().await?;
-    Ok(results
-        .into_iter()
-        .map(|r| r.unwrap_or(Enqueued::KeyConflict { id: String::new() }))
-        .collect())
+    Ok(results)
 }
 
 async fn supersede(
@@ -304,52 +323,43 @@ async fn insert_event(
     Ok(())
 }
 
-/// After refs or receipts change: the push's final state if its refs decide one.
-async fn settle_refs(
+/// Reads the push's references, applies [`rules::settle`], and writes the final state and its
+/// event when the references decide one.
+async fn settle(
     tx: &mut Transaction<'_, Sqlite>,
     push_id: &str,
-    now_ms: i64,
-) -> Result<Option<PushState>, StoreError> {
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT status, detail FROM push_refs WHERE push_id = ?")
-            .bind(push_id)
-            .fetch_all(&mut **tx)
-            .await?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let failed = rows.iter().find(|(s, _)| s == "failed");
-    let (state, detail) = if let Some((_, d)) = failed {
-        (PushState::Failed, format!("receipt: {d}"))
-    } else if rows.iter().all(|(s, _)| s == "delivered") {
-        let d = rows.last().map(|(_, d)| d.clone()).unwrap_or_default();
-        (PushState::Delivered, format!("receipt: {d}"))
-    } else {
-        return Ok(None);
-    };
-    let row = sqlx::query(
-        "UPDATE pushes SET state = ?1, updated_at = ?2 WHERE id = ?3 AND state = 'accepted'
-         RETURNING attempts, last_binding",
+    state: Option<PushState>,
+    binding: Option<BindingKind>,
+    attempt: u32,
+    at_ms: i64,
+    trigger: Option<&str>,
+) -> Result<Settlement, StoreError> {
+    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT reference, status, detail, updated_at FROM push_refs WHERE push_id = ?",
     )
-    .bind(state.as_str())
-    .bind(now_ms)
     .bind(push_id)
-    .fetch_optional(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    let attempts: i64 = row.try_get("attempts")?;
-    let binding: Option<String> = row.try_get("last_binding")?;
-    insert_event(
-        tx,
-        push_id,
-        now_ms,
-        state,
-        binding.as_deref().and_then(BindingKind::parse),
-        attempts as u32,
-        &detail,
-    )
-    .await?;
-    Ok(Some(state))
+    let refs: Vec<RefRow> = rows
+        .into_iter()
+        .map(|(reference, status, detail, updated_at_ms)| RefRow {
+            reference,
+            status: RefStatus::parse(&status),
+            detail,
+            updated_at_ms,
+        })
+        .collect();
+    let settlement = rules::settle(state, &refs, trigger);
+    if let Settlement::Finish { state, detail } = &settlement {
+        sqlx::query("UPDATE pushes SET state = ?1, updated_at = ?2 WHERE id = ?3")
+            .bind(state.as_str())
+            .bind(at_ms)
+            .bind(push_id)
+            .execute(&mut **tx)
+            .await?;
+        insert_event(tx, push_id, at_ms, *state, binding, attempt, detail).await?;
+    }
+    Ok(settlement)
 }
 
 fn device_from_row(r: &SqliteRow) -> Result<Device, StoreError> {
@@ -660,17 +670,7 @@ impl Store for SqliteStore {
         }
         let mut tx = self.write.begin().await?;
         for c in &batch {
-            let (state, next_at, index, attempts_delta) = match &c.next {
-                Next::Delivered => (PushState::Delivered, None, None, 0),
-                Next::Accepted { .. } => (PushState::Accepted, None, None, 0),
-                Next::RetryAt { at_ms } => (PushState::RetryWait, Some(*at_ms), None, 0),
-                Next::Fallback { binding_index } => {
-                    (PushState::Queued, Some(c.at_ms), Some(*binding_index), 0)
-                }
-                Next::Failed => (PushState::Failed, None, None, 0),
-                Next::Expired => (PushState::Expired, None, None, 0),
-                Next::Release => (PushState::Queued, Some(c.at_ms), None, -1),
-            };
+            let e = rules::completion_effect(c);
             let r = sqlx::query(
                 "UPDATE pushes SET state = ?1, next_attempt_at = COALESCE(?2, next_attempt_at),
                      binding_index = COALESCE(?3, binding_index), attempts = attempts + ?4,
@@ -678,12 +678,12 @@ impl Store for SqliteStore {
                      lease_owner = NULL, lease_until = NULL
                  WHERE id = ?7 AND state = 'sending' AND lease_owner = ?8",
             )
-            .bind(state.as_str())
-            .bind(next_at)
-            .bind(index.map(i64::from))
-            .bind(attempts_delta)
-            .bind(c.binding.map(BindingKind::as_str))
-            .bind(c.at_ms)
+            .bind(e.state.as_str())
+            .bind(e.next_attempt_at)
+            .bind(e.binding_index.map(i64::from))
+            .bind(i64::from(e.attempts_delta))
+            .bind(e.last_binding.map(BindingKind::as_str))
+            .bind(e.updated_at_ms)
             .bind(&c.push_id)
             .bind(&c.owner)
             .execute(&mut *tx)
@@ -692,16 +692,12 @@ impl Store for SqliteStore {
                 tracing::warn!(message = "Completion ignored: lease lost.", push_id = %c.push_id, owner = %c.owner);
                 continue;
             }
-            let attempt = if matches!(c.next, Next::Release) {
-                c.attempt.saturating_sub(1)
-            } else {
-                c.attempt
-            };
+            let ev = &e.event;
             insert_event(
-                &mut tx, &c.push_id, c.at_ms, state, c.binding, attempt, &c.detail,
+                &mut tx, &c.push_id, ev.at_ms, ev.state, ev.binding, ev.attempt, &ev.detail,
             )
             .await?;
-            if let (Next::Accepted { refs }, Some(binding)) = (&c.next, c.binding) {
+            if let Some((binding, refs)) = &e.refs {
                 for reference in refs {
                     sqlx::query(
                         "INSERT INTO push_refs (binding, reference, push_id, status, updated_at)
@@ -715,7 +711,18 @@ impl Store for SqliteStore {
                     .execute(&mut *tx)
                     .await?;
                 }
-                settle_refs(&mut tx, &c.push_id, c.at_ms).await?;
+                // Receipts may have overtaken this completion. The push was just made
+                // `accepted` by it, in this transaction.
+                settle(
+                    &mut tx,
+                    &c.push_id,
+                    Some(e.state),
+                    Some(*binding),
+                    c.attempt,
+                    c.at_ms,
+                    None,
+                )
+                .await?;
             }
         }
         tx.commit().await?;
@@ -818,7 +825,6 @@ async fn receipt_in(
     r: &Receipt,
     now_ms: i64,
 ) -> Result<ReceiptEffect, StoreError> {
-    let status = if r.delivered { "delivered" } else { "failed" };
     let push_id: Option<Option<String>> = sqlx::query_scalar(
         "INSERT INTO push_refs (binding, reference, push_id, status, detail, updated_at)
          VALUES (?1, ?2, NULL, ?3, ?4, ?5)
@@ -828,28 +834,37 @@ async fn receipt_in(
     )
     .bind(r.binding.as_str())
     .bind(&r.reference)
-    .bind(status)
+    .bind(RefStatus::of_receipt(r.delivered).as_str())
     .bind(&r.detail)
     .bind(now_ms)
     .fetch_optional(&mut **tx)
     .await?;
-    let effect = match push_id.flatten() {
-        None => ReceiptEffect::Pending,
-        Some(push_id) => match settle_refs(tx, &push_id, now_ms).await? {
-            Some(state) => ReceiptEffect::Finished { push_id, state },
-            None => {
-                let state: Option<String> =
-                    sqlx::query_scalar("SELECT state FROM pushes WHERE id = ?")
-                        .bind(&push_id)
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                if state.as_deref() == Some("accepted") {
-                    ReceiptEffect::Partial { push_id }
-                } else {
-                    ReceiptEffect::Ignored { push_id }
-                }
-            }
-        },
+    let Some(push_id) = push_id.flatten() else {
+        // Overtook the completion: kept, applied when the Accepted completion names it.
+        return Ok(ReceiptEffect::Pending);
     };
-    Ok(effect)
+    let row: Option<(String, i64)> =
+        sqlx::query_as("SELECT state, attempts FROM pushes WHERE id = ?")
+            .bind(&push_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let (state, attempts) = match row {
+        Some((s, a)) => (Some(parse_state(&s)?), u32::try_from(a).unwrap_or(0)),
+        None => (None, 0),
+    };
+    let settled = settle(
+        tx,
+        &push_id,
+        state,
+        Some(r.binding),
+        attempts,
+        now_ms,
+        Some(&r.reference),
+    )
+    .await?;
+    Ok(match settled {
+        Settlement::Ignore => ReceiptEffect::Ignored { push_id },
+        Settlement::Hold => ReceiptEffect::Partial { push_id },
+        Settlement::Finish { state, .. } => ReceiptEffect::Finished { push_id, state },
+    })
 }
