@@ -186,3 +186,93 @@ fn check_config_rejects_unknown_keys_in_every_section() {
         );
     }
 }
+
+/// A binding's log line carries the attempt span's `push_id` and `device_id` (the binding itself
+/// does not log them): the dispatcher runs each attempt inside its span.
+#[test]
+fn binding_log_lines_carry_the_push_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let device = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    device
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let device_addr = device.local_addr().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"sqlite://{}\"\n\
+             [[tenants]]\nname = \"t\"\ntoken = \"log-token\"\n[log]\nlevel = \"info,dmpushd::binding=debug\"\n",
+            dir.path().join("d.db").display()
+        ),
+    )
+    .unwrap();
+    let mut child = bin()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let body = format!(
+        r#"{{"bindings":[{{"type":"wap","bearer":"udp","address":"{device_addr}"}}],"content_type":"application/vnd.syncml.notification","body_base64":"AAAA"}}"#
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let resp = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(mut s) => {
+                use std::io::{Read, Write};
+                write!(
+                    s,
+                    "POST /v1/pushes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer log-token\r\n\
+                     Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+                let mut buf = String::new();
+                s.read_to_string(&mut buf).unwrap();
+                break buf;
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("no listener: {e}"),
+        }
+    };
+    assert!(resp.starts_with("HTTP/1.1 202"), "{resp}");
+    let i = resp.find("\"id\":\"").expect("push id in response") + 6;
+    let push_id = &resp[i..i + resp[i..].find('"').unwrap()];
+    // The datagram arrives: the attempt ran.
+    let mut buf = [0u8; 2048];
+    device.recv_from(&mut buf).expect("WSP push datagram");
+    let line = loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the binding's debug line");
+        if l.contains("WDP datagram sent") {
+            break l;
+        }
+    };
+    let _ = Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    assert_eq!(v["span"]["push_id"], push_id, "{line}");
+    assert_eq!(v["span"]["name"], "attempt", "{line}");
+    assert!(
+        v["target"]
+            .as_str()
+            .unwrap()
+            .starts_with("dmpushd::binding::wap"),
+        "{line}"
+    );
+}

@@ -446,7 +446,7 @@ async fn smsc_down_gives_transient_not_bound_and_ready_fails() {
         ..Default::default()
     };
     let b = wap::build_wap(&cfg, &ctx).await.unwrap().unwrap();
-    assert!(b.ready().unwrap_err().contains("no SMSC bound"));
+    assert!(b.ready().unwrap_err().to_string().contains("no SMSC bound"));
     match b.deliver(d()).await {
         Outcome::Transient { reason, .. } => assert!(reason.contains("not bound"), "{reason}"),
         other => panic!("{other:?}"),

@@ -176,7 +176,7 @@ async fn readyz(State(st): State<ApiState>) -> Response {
             Ok(()) => serde_json::Value::String("ok".into()),
             Err(e) => {
                 ready = false;
-                serde_json::Value::String(e)
+                serde_json::Value::String(e.to_string())
             }
         };
         bindings.insert(b.kind().as_str().to_owned(), v);

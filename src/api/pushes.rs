@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiState, Problem, Tenant, problem, rfc3339, validate, validate::NotificationParams};
 use crate::{
-    binding::Preview,
+    binding::{CannotCarry, Preview},
     codec::notification,
     domain::{BindingKind, ContentType, DeviceBinding, PushState},
     store::{CancelResult, Enqueued, NewPush, PushFilter, PushRecord},
@@ -386,16 +386,13 @@ fn build_notification(
 }
 
 /// The bindings an attempt may use, with each one's preview (pure).
-fn previews(st: &ApiState, push: &NewPush) -> Vec<(BindingKind, Result<Preview, String>)> {
+fn previews(st: &ApiState, push: &NewPush) -> Vec<(BindingKind, Result<Preview, CannotCarry>)> {
     push.bindings
         .iter()
         .filter(|b| push.binding_choice.is_none_or(|k| b.kind() == k))
         .map(|b| {
             let r = match st.bindings.get(b.kind()) {
-                None => Err(format!(
-                    "binding {} is not configured on this gateway",
-                    b.kind()
-                )),
+                None => Err(CannotCarry::NotConfigured(b.kind())),
                 Some(binding) => binding.preview(b, push.content_type, &push.body),
             };
             (b.kind(), r)
@@ -413,9 +410,9 @@ fn check_capability(st: &ApiState, push: &NewPush) -> Result<(), Problem> {
     for b in candidates {
         match st.bindings.get(b.kind()) {
             None => reasons.push(format!(
-                "{}: binding {} is not configured on this gateway",
+                "{}: {}",
                 b.kind(),
-                b.kind()
+                CannotCarry::NotConfigured(b.kind())
             )),
             Some(binding) => match binding.check(b, push.content_type, &push.body) {
                 Ok(()) => return Ok(()),
@@ -731,7 +728,7 @@ pub async fn preview(
                 ok: false,
                 summary: None,
                 units_hex: vec![],
-                error: Some(e),
+                error: Some(e.to_string()),
             },
         })
         .collect();

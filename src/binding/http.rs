@@ -8,6 +8,7 @@
 //! checked are the ones connected to. IP-literal URLs skip the resolver and are checked before
 //! the request.
 
+use crate::binding::CannotCarry;
 use std::{
     error::Error as _,
     net::{IpAddr, SocketAddr},
@@ -456,12 +457,13 @@ impl Binding for HttpBinding {
         target: &DeviceBinding,
         content_type: ContentType,
         body: &[u8],
-    ) -> Result<Preview, String> {
+    ) -> Result<Preview, CannotCarry> {
         let DeviceBinding::Http { url, framing, hmac } = target else {
-            return Err("not an http binding".into());
+            return Err(CannotCarry::WrongTarget(BindingKind::Http));
         };
-        self.check_url(url)?;
-        let enc = encode(*framing, hmac.as_ref(), content_type, body)?;
+        self.check_url(url).map_err(CannotCarry::Target)?;
+        let enc =
+            encode(*framing, hmac.as_ref(), content_type, body).map_err(CannotCarry::Payload)?;
         let mut head = format!("POST {url}\r\nContent-Type: {}\r\n", enc.content_type);
         for (k, v) in &enc.headers {
             head.push_str(&format!("{k}: {v}\r\n"));
@@ -480,14 +482,14 @@ impl Binding for HttpBinding {
         target: &DeviceBinding,
         _content_type: ContentType,
         _body: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), CannotCarry> {
         let DeviceBinding::Http { url, hmac, .. } = target else {
-            return Err("not an http binding".into());
+            return Err(CannotCarry::WrongTarget(BindingKind::Http));
         };
-        self.check_url(url)?;
+        self.check_url(url).map_err(CannotCarry::Target)?;
         if let Some(h) = hmac {
             B64.decode(h.nonce.trim())
-                .map_err(|_| "hmac.nonce is not valid base64".to_owned())?;
+                .map_err(|_| CannotCarry::Target("hmac.nonce is not valid base64".to_owned()))?;
         }
         Ok(())
     }

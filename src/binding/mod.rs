@@ -5,7 +5,7 @@
 //!
 //! * it never touches the store; it gets a [`Delivery`] (everything it needs, already decided by
 //!   the queue) and answers with one [`Outcome`];
-//! * results that arrive later (SMPP delivery receipts, SIP 202 follow-ups) are sent as
+//! * results that arrive later (SMPP delivery receipts; a SIP `202` has none, RFC 3428 §7) are sent as
 //!   [`Receipt`]s on the channel in [`BindingContext`]; the queue correlates them durably;
 //! * it registers its own Prometheus metrics in [`BindingContext::registry`].
 
@@ -44,7 +44,8 @@ pub struct Delivery {
     pub now: OffsetDateTime,
 }
 
-/// Result of one delivery attempt (DESIGN §3: every outcome is one of these four, with a reason).
+/// Result of one delivery attempt: one of these five, each with a reason (DESIGN §3 names four
+/// classes; `Unsupported` is a permanent failure that `auto` treats as "try the next binding").
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     /// The device (or its agent) confirmed receipt.
@@ -85,6 +86,28 @@ pub struct BindingContext {
     pub shutdown: CancellationToken,
 }
 
+/// Why a binding cannot carry a payload to a target. The API answers 422 naming it; `auto`
+/// skips the binding.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CannotCarry {
+    #[error("not a {0} target")]
+    WrongTarget(BindingKind),
+    #[error("binding {0} is not configured on this gateway")]
+    NotConfigured(BindingKind),
+    /// The target cannot be used by this binding as configured (no SMSC route for the number,
+    /// a `tel:` URI without a SIP domain, an address outside `allow_targets`).
+    #[error("{0}")]
+    Target(String),
+    /// The payload cannot be encoded for this binding or does not fit (SMS segments, size).
+    #[error("{0}")]
+    Payload(String),
+}
+
+/// Why a binding is not ready (e.g. no SMSC bound); shown per binding by `/readyz`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotReady(pub String);
+
 /// Result of a pure check (no I/O) that a binding can carry a payload to a target.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Preview {
@@ -105,7 +128,7 @@ pub trait Binding: Send + Sync + 'static {
         target: &DeviceBinding,
         content_type: ContentType,
         body: &[u8],
-    ) -> Result<Preview, String>;
+    ) -> Result<Preview, CannotCarry>;
 
     /// The cheap form of [`Binding::preview`] used on every submit: only whether the payload
     /// fits. Bindings override it when building the preview's hex is costly.
@@ -114,7 +137,7 @@ pub trait Binding: Send + Sync + 'static {
         target: &DeviceBinding,
         content_type: ContentType,
         body: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), CannotCarry> {
         self.preview(target, content_type, body).map(|_| ())
     }
 
@@ -122,7 +145,7 @@ pub trait Binding: Send + Sync + 'static {
     fn deliver(&self, delivery: Delivery) -> futures_util::future::BoxFuture<'_, Outcome>;
 
     /// Readiness contribution (e.g. at least one SMSC bound). Default: ready.
-    fn ready(&self) -> Result<(), String> {
+    fn ready(&self) -> Result<(), NotReady> {
         Ok(())
     }
 }

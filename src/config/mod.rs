@@ -59,7 +59,8 @@ pub struct QueueConfig {
     pub lease_seconds: u64,
     /// Attempts per push, across all bindings.
     pub max_attempts: u32,
-    /// First retry delay; doubles per attempt, with full jitter, capped by `backoff_max_ms`.
+    /// First retry delay; doubles per attempt, with equal jitter (between half and all of the
+    /// delay: never zero), capped by `backoff_max_ms`.
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
     /// TTL when a push names none.

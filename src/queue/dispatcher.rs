@@ -23,6 +23,7 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{RetryPolicy, decide, now_ms, pick_binding};
 use crate::{
@@ -210,17 +211,32 @@ impl Dispatcher {
         tasks
     }
 
-    /// One attempt for one leased push.
+    /// One attempt for one leased push. Everything it does, the binding's work included, runs
+    /// inside the `attempt` span, so every log line carries `push_id` and `device_id`.
     async fn attempt(
+        self: Arc<Self>,
+        push: Claimed,
+        permit: OwnedSemaphorePermit,
+        done: mpsc::Sender<Completion>,
+    ) {
+        let span = tracing::info_span!(
+            "attempt",
+            push_id = %push.id,
+            device_id = push.device_id.as_deref().unwrap_or(""),
+            attempt = push.attempt
+        );
+        self.attempt_in_span(push, permit, done)
+            .instrument(span)
+            .await
+    }
+
+    async fn attempt_in_span(
         self: Arc<Self>,
         push: Claimed,
         _permit: OwnedSemaphorePermit,
         done: mpsc::Sender<Completion>,
     ) {
         let now = now_ms();
-        let span = tracing::info_span!("attempt", push_id = %push.id, device_id = push.device_id.as_deref().unwrap_or(""), attempt = push.attempt);
-        let _enter = span.enter();
-        drop(_enter);
         let (next, detail, kind) = if push.expires_at_ms <= now {
             (Next::Expired, "ttl passed".to_owned(), None)
         } else {
@@ -282,7 +298,6 @@ impl Dispatcher {
                             rand::random::<f64>(),
                         );
                         tracing::info!(
-                            parent: &span,
                             message = "Attempt finished.",
                             binding = %kind,
                             outcome = outcome.label(),

@@ -5,6 +5,7 @@
 //! → outcome (Success on the final PUT → Delivered; OBEX refusals → Permanent with the response
 //! code's name; connect/read/write failures and timeouts → Transient).
 
+use crate::binding::CannotCarry;
 use std::{
     path::PathBuf,
     sync::Arc,
@@ -373,13 +374,13 @@ impl Binding for ObexBinding {
         target: &DeviceBinding,
         content_type: ContentType,
         body: &[u8],
-    ) -> Result<Preview, String> {
+    ) -> Result<Preview, CannotCarry> {
         let DeviceBinding::Obex { address, password } = target else {
-            return Err("not an obex target".into());
+            return Err(CannotCarry::WrongTarget(BindingKind::Obex));
         };
         let _ = address; // parsed (and so valid) since it entered the system
         let mut s = ClientSession::new(self.request(password.as_deref(), content_type, body));
-        let mut units = vec![s.start().map_err(|e| e.to_string())?];
+        let mut units = vec![s.start().map_err(|e| CannotCarry::Payload(e.to_string()))?];
         let connect_ok = Packet {
             code: codec::RSP_SUCCESS,
             connect: Some(ConnectFields {
@@ -390,8 +391,10 @@ impl Binding for ObexBinding {
             headers: Vec::new(),
         }
         .encode()
-        .map_err(|e| e.to_string())?;
-        let mut next = s.on_response(&connect_ok).map_err(|e| e.to_string())?;
+        .map_err(|e| CannotCarry::Payload(e.to_string()))?;
+        let mut next = s
+            .on_response(&connect_ok)
+            .map_err(|e| CannotCarry::Payload(e.to_string()))?;
         let mut puts = 0;
         // Bounded: one step per packet, and each PUT packet carries at least one body octet.
         for _ in 0..=body.len() + 2 {
@@ -405,7 +408,9 @@ impl Binding for ObexBinding {
                 puts += 1;
             }
             units.push(pkt);
-            next = s.on_response(&reply).map_err(|e| e.to_string())?;
+            next = s
+                .on_response(&reply)
+                .map_err(|e| CannotCarry::Payload(e.to_string()))?;
         }
         Ok(Preview {
             summary: format!(

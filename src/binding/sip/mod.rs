@@ -7,6 +7,7 @@
 
 pub mod transport;
 
+use crate::binding::CannotCarry;
 use std::{
     fmt,
     net::SocketAddr,
@@ -756,8 +757,8 @@ impl Binding for SipBinding {
         target: &DeviceBinding,
         content_type: ContentType,
         body: &[u8],
-    ) -> Result<Preview, String> {
-        let plan = self.plan(target, None)?;
+    ) -> Result<Preview, CannotCarry> {
+        let plan = self.plan(target, None).map_err(CannotCarry::Target)?;
         // Per-attempt values (Via sent-by, branch, tag, Call-ID) are fresh on every send; the
         // preview shows them with placeholders of realistic length.
         let bytes = |transport: Transport| {

@@ -9,6 +9,7 @@
 pub mod metrics;
 pub mod session;
 
+use crate::binding::{CannotCarry, NotReady};
 use std::{
     net::SocketAddr,
     sync::{
@@ -260,6 +261,16 @@ pub fn route(cfg: &WapConfig, digits: &str) -> Vec<usize> {
         .collect();
     c.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     c.into_iter().map(|(i, _)| i).collect()
+}
+
+impl From<EncodeError> for CannotCarry {
+    fn from(e: EncodeError) -> Self {
+        match e {
+            EncodeError::WrongBinding => Self::WrongTarget(BindingKind::Wap),
+            e if e.unsupported() => Self::Payload(e.to_string()),
+            e => Self::Target(e.to_string()),
+        }
+    }
 }
 
 /// Encodes a push for a target with explicit TID and concatenation reference (pure).
@@ -543,13 +554,17 @@ impl WapBinding {
                     };
                 };
                 match timeout(Duration::from_secs(5), sock.send_to(&datagram, addr)).await {
-                    Ok(Ok(_)) => Outcome::Accepted {
-                        detail: format!(
-                            "WSP push datagram ({} octets) sent to {addr}",
-                            datagram.len()
-                        ),
-                        refs: Vec::new(),
-                    },
+                    Ok(Ok(_)) => {
+                        // The attempt span adds push_id and device_id to this line.
+                        tracing::debug!(octets = datagram.len(), %addr, "WDP datagram sent");
+                        Outcome::Accepted {
+                            detail: format!(
+                                "WSP push datagram ({} octets) sent to {addr}",
+                                datagram.len()
+                            ),
+                            refs: Vec::new(),
+                        }
+                    }
                     Ok(Err(e)) => Outcome::Transient {
                         reason: format!("UDP send to {addr}: {e}"),
                         retry_after: None,
@@ -596,9 +611,8 @@ impl Binding for WapBinding {
         target: &DeviceBinding,
         content_type: ContentType,
         body: &[u8],
-    ) -> Result<Preview, String> {
-        let units =
-            encode_units(&self.cfg, target, content_type, body).map_err(|e| e.to_string())?;
+    ) -> Result<Preview, CannotCarry> {
+        let units = encode_units(&self.cfg, target, content_type, body)?;
         let summary = match target {
             DeviceBinding::Wap {
                 bearer: WapBearer::Udp,
@@ -620,18 +634,18 @@ impl Binding for WapBinding {
         self.deliver_one(delivery).boxed()
     }
 
-    fn ready(&self) -> Result<(), String> {
+    fn ready(&self) -> Result<(), NotReady> {
         if self.smscs.is_empty() || self.smscs.iter().any(|h| h.is_bound()) {
             Ok(())
         } else {
-            Err(format!(
+            Err(NotReady(format!(
                 "no SMSC bound ({})",
                 self.smscs
                     .iter()
                     .map(|h| h.cfg.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
-            ))
+            )))
         }
     }
 }
