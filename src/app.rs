@@ -29,7 +29,7 @@ impl App {
     /// Binds the listener and opens everything; nothing runs until [`App::run`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         crate::tls::install_provider();
-        let metrics = Metrics::new();
+        let metrics = Metrics::new()?;
         let store = store::open(&settings.store).await?;
 
         let (receipts_tx, receipts) = mpsc::channel(4096);

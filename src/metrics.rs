@@ -24,7 +24,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// Builds and registers the core metrics. Fails only on a programming error (an invalid or
+    /// duplicate definition), reported at startup rather than as a panic.
+    pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let pushes_accepted = IntCounterVec::new(
             Opts::new(
@@ -32,16 +34,14 @@ impl Metrics {
                 "Pushes committed to the queue (answered 202)",
             ),
             &["tenant"],
-        )
-        .expect("static metric definition");
+        )?;
         let deliveries = IntCounterVec::new(
             Opts::new(
                 "dmpushd_deliveries_total",
                 "Delivery attempts by binding and outcome",
             ),
             &["binding", "outcome"],
-        )
-        .expect("static metric definition");
+        )?;
         let attempt_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "dmpushd_delivery_attempt_seconds",
@@ -51,39 +51,33 @@ impl Metrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             ]),
             &["binding"],
-        )
-        .expect("static metric definition");
+        )?;
         let queue_depth = IntGaugeVec::new(
             Opts::new("dmpushd_queue_depth", "Pushes in the store by state"),
             &["state"],
-        )
-        .expect("static metric definition");
+        )?;
         let http_requests = IntCounterVec::new(
             Opts::new(
                 "dmpushd_http_requests_total",
                 "REST API requests by route and status",
             ),
             &["route", "status"],
-        )
-        .expect("static metric definition");
+        )?;
         let receipts = IntCounterVec::new(
             Opts::new(
                 "dmpushd_receipts_total",
                 "Delivery receipts by binding and effect",
             ),
             &["binding", "effect"],
-        )
-        .expect("static metric definition");
+        )?;
         let leases_held = IntGauge::new(
             "dmpushd_leases_held",
             "Pushes leased by this replica right now",
-        )
-        .expect("static metric definition");
+        )?;
         let store_errors = IntCounterVec::new(
             Opts::new("dmpushd_store_errors_total", "Store operations that failed"),
             &["op"],
-        )
-        .expect("static metric definition");
+        )?;
         let store_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "dmpushd_store_operation_seconds",
@@ -93,19 +87,13 @@ impl Metrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
             ]),
             &["op"],
-        )
-        .expect("static metric definition");
+        )?;
         let claim_size = Histogram::with_opts(
             HistogramOpts::new("dmpushd_claim_size", "Pushes leased per claim")
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
-        )
-        .expect("static metric definition");
-        registry
-            .register(Box::new(store_seconds.clone()))
-            .expect("unique metric name");
-        registry
-            .register(Box::new(claim_size.clone()))
-            .expect("unique metric name");
+        )?;
+        registry.register(Box::new(store_seconds.clone()))?;
+        registry.register(Box::new(claim_size.clone()))?;
         for c in [
             &pushes_accepted,
             &deliveries,
@@ -113,23 +101,15 @@ impl Metrics {
             &receipts,
             &store_errors,
         ] {
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric name");
+            registry.register(Box::new(c.clone()))?;
         }
-        registry
-            .register(Box::new(attempt_seconds.clone()))
-            .expect("unique metric name");
-        registry
-            .register(Box::new(queue_depth.clone()))
-            .expect("unique metric name");
-        registry
-            .register(Box::new(leases_held.clone()))
-            .expect("unique metric name");
+        registry.register(Box::new(attempt_seconds.clone()))?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(leases_held.clone()))?;
         for s in crate::store::PushState::ALL {
             queue_depth.with_label_values(&[s.as_str()]).set(0);
         }
-        Self {
+        Ok(Self {
             registry,
             pushes_accepted,
             deliveries,
@@ -141,7 +121,7 @@ impl Metrics {
             store_errors,
             store_seconds,
             claim_size,
-        }
+        })
     }
 
     /// The text exposition format.
@@ -153,8 +133,17 @@ impl Metrics {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn core_metrics_register_and_render() {
+        let m = super::Metrics::new().unwrap();
+        m.leases_held.set(3);
+        let text = m.render();
+        assert!(text.contains("dmpushd_leases_held 3"), "{text}");
+        assert!(
+            text.contains("dmpushd_queue_depth{state=\"queued\"} 0"),
+            "{text}"
+        );
     }
 }
