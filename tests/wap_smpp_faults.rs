@@ -44,8 +44,9 @@ enum Mode {
     Slow(u64),
     /// Answer with a hex id, then send a text receipt carrying the same id in decimal.
     DecimalReceipt,
-    /// After the bind, never read again and flood enquire_link: the ESME's answers fill the
-    /// socket buffers (the listener's receive buffer is small) until its writes block.
+    /// Answer the first submit_sm, then never read again and flood enquire_link: the ESME's
+    /// answers fill the socket buffers (the listener's receive buffer is small) until its
+    /// writes block.
     StopReading,
 }
 
@@ -231,7 +232,7 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             {
                 return;
             }
-            if mode == Mode::StopReading && h.command_id == cmd::BIND_TRANSCEIVER {
+            if mode == Mode::StopReading && h.command_id == cmd::SUBMIT_SM {
                 log.lock().unwrap().push(format!("{conn} stopped reading"));
                 let flood: Vec<u8> = (0..1000u32)
                     .flat_map(|i| {
@@ -672,6 +673,9 @@ async fn smsc_that_stops_reading_is_declared_dead_and_the_session_rebinds() {
         s.response_timeout_ms = resp_ms;
     })
     .await;
+    let out = fx.b.deliver(d()).await;
+    assert!(matches!(out, Outcome::Accepted { .. }), "{out:?}");
+    // The SMSC stops reading right after that answer.
     let t0 = std::time::Instant::now();
     let b2 = fx.b.clone();
     wait_until("rebound after the SMSC stopped reading", 10, || {
