@@ -768,6 +768,25 @@ mod tests {
     }
 
     #[test]
+    fn bytes_read_together_with_bind_resp_are_not_lost() {
+        let clock = Clock(Instant::now());
+        let mut m: Esme<u32> = Esme::new(cfg(), bind(), 0, clock.at(0));
+        let seq = sent(&mut m, clock.at(0))[0].header.sequence;
+        let mut b = resp(cmd::BIND_TRANSCEIVER | cmd::RESP, seq, 0, Body::Empty)
+            .encode()
+            .unwrap();
+        b.extend(
+            Pdu::new(cmd::ENQUIRE_LINK, 9, Body::Empty)
+                .encode()
+                .unwrap(),
+        );
+        m.on_bytes(&b, clock.at(1));
+        assert_eq!(events(&mut m), vec![Event::Bound]);
+        let out = sent(&mut m, clock.at(1));
+        assert_eq!(out[0].header.command_id, cmd::ENQUIRE_LINK | cmd::RESP);
+    }
+
+    #[test]
     fn window_full_refuses_submits_until_a_response_frees_a_slot() {
         let (mut m, c) = bound(cfg());
         let s1 = m.submit(Sm::default(), 1, c.at(1)).unwrap();
