@@ -579,10 +579,10 @@ impl<T> Esme<T> {
             c if c == cmd::SUBMIT_SM | cmd::RESP || c == cmd::GENERIC_NACK => {
                 self.on_submit_resp(pdu, now)
             }
-            c if c == cmd::ENQUIRE_LINK | cmd::RESP => {
-                if self.enquire.is_some_and(|(s, _)| s == h.sequence) {
-                    self.enquire = None;
-                }
+            c if c == cmd::ENQUIRE_LINK | cmd::RESP
+                && self.enquire.is_some_and(|(s, _)| s == h.sequence) =>
+            {
+                self.enquire = None;
             }
             cmd::ENQUIRE_LINK => {
                 let _ = self.queue(&Pdu::response(&h, status::ROK, Body::Empty), now);
