@@ -44,6 +44,10 @@ enum Mode {
     Slow(u64),
     /// Answer with a hex id, then send a text receipt carrying the same id in decimal.
     DecimalReceipt,
+    /// Answer the first submit_sm, then never read again and flood enquire_link: the ESME's
+    /// answers fill the socket buffers (the listener's receive buffer is small) until its
+    /// writes block.
+    StopReading,
 }
 
 struct FakeSmsc {
@@ -61,7 +65,13 @@ impl FakeSmsc {
 
     /// Same, behind TLS.
     async fn start_with(modes: Vec<Mode>, tls: Option<tokio_rustls::TlsAcceptor>) -> FakeSmsc {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        if modes.contains(&Mode::StopReading) {
+            // Inherited by accepted sockets: a full receive window comes sooner.
+            sock.set_recv_buffer_size(4096).unwrap();
+        }
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let l: TcpListener = sock.listen(64).unwrap();
         let port = l.local_addr().unwrap().port();
         let conns = Arc::new(AtomicUsize::new(0));
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -150,11 +160,13 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 cmd::SUBMIT_SM => {
                     submits += 1;
                     match mode {
-                        Mode::Normal | Mode::SilentEnquire => Some(Pdu::response(
-                            &h,
-                            0,
-                            Body::IdResp(format!("{:X}", conn * 1000 + submits)),
-                        )),
+                        Mode::Normal | Mode::SilentEnquire | Mode::StopReading => {
+                            Some(Pdu::response(
+                                &h,
+                                0,
+                                Body::IdResp(format!("{:X}", conn * 1000 + submits)),
+                            ))
+                        }
                         Mode::DropAfter(n) => {
                             if submits >= n {
                                 log.lock().unwrap().push(format!("{conn} dropping"));
@@ -218,6 +230,20 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             if let Some(r) = reply
                 && s.write_all(&r.encode().unwrap()).await.is_err()
             {
+                return;
+            }
+            if mode == Mode::StopReading && h.command_id == cmd::SUBMIT_SM {
+                log.lock().unwrap().push(format!("{conn} stopped reading"));
+                let flood: Vec<u8> = (0..1000u32)
+                    .flat_map(|i| {
+                        Pdu::new(cmd::ENQUIRE_LINK, 10_000 + i, Body::Empty)
+                            .encode()
+                            .unwrap()
+                    })
+                    .collect();
+                // Ends when the ESME gives up on the connection.
+                while s.write_all(&flood).await.is_ok() {}
+                log.lock().unwrap().push(format!("{conn} flood ended"));
                 return;
             }
         }
@@ -632,5 +658,45 @@ async fn throughput_limit_spaces_submits() {
         "15 submits at 10/s took only {elapsed:?}"
     );
     assert_eq!(smsc.count("submit_sm"), 15);
+    fx.ctx.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn smsc_that_stops_reading_is_declared_dead_and_the_session_rebinds() {
+    // Issue 9 acceptance 4: the ESME's answers to the SMSC's enquire_links can no longer be
+    // written. Before the sans-IO ESME those writes had no deadline and the session hung for
+    // good while /readyz said bound.
+    let smsc = FakeSmsc::start(vec![Mode::StopReading, Mode::Normal]).await;
+    let (enquire_ms, resp_ms) = (2_000, 500);
+    let fx = binding(smsc.port, AmbiguousPolicy::Resend, |s| {
+        s.enquire_link_ms = enquire_ms;
+        s.response_timeout_ms = resp_ms;
+    })
+    .await;
+    let out = fx.b.deliver(d()).await;
+    assert!(matches!(out, Outcome::Accepted { .. }), "{out:?}");
+    // The SMSC stops reading right after that answer.
+    let t0 = std::time::Instant::now();
+    let b2 = fx.b.clone();
+    wait_until("rebound after the SMSC stopped reading", 10, || {
+        smsc.conns.load(Ordering::SeqCst) >= 2 && b2.ready().is_ok()
+    })
+    .await;
+    let elapsed = t0.elapsed();
+    assert!(
+        elapsed <= Duration::from_millis(enquire_ms + resp_ms),
+        "rebound only after {elapsed:?}"
+    );
+    assert!(smsc.count("0 stopped reading") == 1);
+    assert!(metric(
+        &fx.ctx,
+        "dmpushd_smpp_binds_total{event=\"down\",smsc=\"fake\"} 1"
+    ));
+    wait_until("the stalled connection is closed", 10, || {
+        smsc.count("0 flood ended") == 1
+    })
+    .await;
+    let out = fx.b.deliver(d()).await;
+    assert!(matches!(out, Outcome::Accepted { .. }), "{out:?}");
     fx.ctx.shutdown.cancel();
 }

@@ -1,11 +1,14 @@
-//! One long-lived SMPP 3.4 ESME session per SMSC account: connect, bind_transceiver, a window of
-//! outstanding submit_sm, enquire_link keep-alive and dead-link detection, delivery receipts,
-//! reconnect with jittered exponential backoff, unbind on shutdown.
+//! One long-lived SMPP 3.4 ESME session per SMSC account: connect (TCP, optional TLS), then a
+//! thin driver around the sans-IO state machine `crate::codec::smpp::esme` (bind, window,
+//! sequence numbers, token bucket, throttling, enquire_link and dead-link detection, receipts,
+//! unbind), and reconnect with jittered exponential backoff.
 //!
-//! The PDU codec is `crate::codec::smpp` (sans-IO); this module owns the I/O and the timers.
+//! The driver owns only I/O: it feeds read bytes, submit requests, receipt verdicts and the clock
+//! into the machine, acts on its events, and writes what it returns. Every write is bounded by
+//! the machine's write deadline (the response timeout): an SMSC that stops reading ends the
+//! session (`bound` cleared, reconnect) instead of hanging it.
 
 use std::{
-    collections::HashMap,
     fmt,
     sync::{
         Arc,
@@ -14,25 +17,29 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
     sync::{mpsc, oneshot},
-    time::{Instant, sleep_until, timeout},
+    time::{Instant, sleep_until, timeout, timeout_at},
 };
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::SmppMetrics;
 use crate::{
     binding::{BindingKind, Receipt, ReceiptAck},
-    codec::smpp::{self, Body, Pdu, cmd, status},
+    codec::smpp::{
+        self,
+        esme::{self, Answer, Dead, Esme, Event, ReceiptToken, SubmitError},
+        status,
+    },
 };
 
 /// A delivery receipt's deliver_sm header and whether the receipt was committed.
-type AckWait = std::pin::Pin<Box<dyn std::future::Future<Output = (smpp::Header, bool)> + Send>>;
+type AckWait = std::pin::Pin<Box<dyn std::future::Future<Output = (ReceiptToken, bool)> + Send>>;
 
 /// How SMS ports/concatenation reach the SMSC (addendum Q5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,13 +273,8 @@ struct Session {
     shutdown: CancellationToken,
     bound: Arc<AtomicBool>,
     rx: mpsc::Receiver<SubmitReq>,
+    /// Last sequence number used; numbering continues across reconnects.
     seq: u32,
-}
-
-struct Pending {
-    reply: oneshot::Sender<SegResult>,
-    sent: Instant,
-    deadline: Instant,
 }
 
 enum End {
@@ -285,16 +287,6 @@ fn ms(v: u64) -> Duration {
 }
 
 impl Session {
-    fn next_seq(&mut self) -> u32 {
-        // Sequence numbers are 1..=0x7FFFFFFF (SMPP 3.4 §5.1.4).
-        self.seq = if self.seq >= 0x7FFF_FFFF {
-            1
-        } else {
-            self.seq + 1
-        };
-        self.seq
-    }
-
     async fn run(mut self) {
         let name = self.cfg.name.clone();
         let mut backoff = ms(self.cfg.reconnect_min_ms.max(1));
@@ -302,29 +294,11 @@ impl Session {
             if self.shutdown.is_cancelled() {
                 break;
             }
-            let end = match self.connect_and_bind().await {
+            let end = match self.connect().await {
                 Ok(stream) => {
-                    backoff = ms(self.cfg.reconnect_min_ms.max(1));
-                    self.bound.store(true, Ordering::Release);
-                    self.metrics.bound.with_label_values(&[&name]).set(1);
-                    self.metrics.binds.with_label_values(&[&name, "up"]).inc();
-                    tracing::info!(smsc = %name, "SMPP session bound");
-                    let mut pending = HashMap::new();
-                    let end = self.bound_loop(stream, &mut pending).await;
-                    self.bound.store(false, Ordering::Release);
-                    self.metrics.bound.with_label_values(&[&name]).set(0);
-                    self.metrics.binds.with_label_values(&[&name, "down"]).inc();
-                    self.metrics.in_flight.with_label_values(&[&name]).set(0);
-                    let why = match &end {
-                        End::Shutdown => "shutdown".to_owned(),
-                        End::Error(e) => e.clone(),
-                    };
-                    // Whatever was written but not answered may have reached the SMSC.
-                    for (_, p) in pending.drain() {
-                        self.metrics.ambiguous.with_label_values(&[&name]).inc();
-                        let _ = p
-                            .reply
-                            .send(SegResult::Ambiguous(format!("session ended: {why}")));
+                    let (end, was_bound) = self.drive(stream).await;
+                    if was_bound {
+                        backoff = ms(self.cfg.reconnect_min_ms.max(1));
                     }
                     end
                 }
@@ -360,7 +334,8 @@ impl Session {
         }
     }
 
-    async fn connect_and_bind(&mut self) -> Result<Box<dyn Io>, String> {
+    /// TCP connect and, if configured, the TLS handshake.
+    async fn connect(&mut self) -> Result<Box<dyn Io>, String> {
         let cfg = self.cfg.clone();
         let addr = format!("{}:{}", cfg.host, cfg.port);
         let tcp = tokio::select! {
@@ -370,7 +345,7 @@ impl Session {
                 .map_err(|e| format!("connect to {addr}: {e}"))?,
         };
         let _ = tcp.set_nodelay(true);
-        let mut stream: Box<dyn Io> = match &self.tls {
+        Ok(match &self.tls {
             None => Box::new(tcp),
             Some(t) => Box::new(
                 timeout(
@@ -381,398 +356,216 @@ impl Session {
                 .map_err(|_| format!("TLS handshake with {addr} timed out"))?
                 .map_err(|e| format!("TLS handshake with {addr}: {e}"))?,
             ),
-        };
-        let seq = self.next_seq();
-        let bind = Pdu::new(
-            cmd::BIND_TRANSCEIVER,
-            seq,
-            Body::Bind(smpp::Bind {
-                system_id: cfg.system_id.clone(),
-                password: cfg.password.clone(),
-                system_type: cfg.system_type.clone(),
-                interface_version: smpp::INTERFACE_VERSION,
-                addr_ton: 0,
-                addr_npi: 0,
-                address_range: String::new(),
-            }),
-        )
-        .encode()
-        .map_err(|e| format!("bind: {e}"))?;
-        let deadline = Instant::now() + ms(cfg.response_timeout_ms);
-        timeout(ms(cfg.response_timeout_ms), stream.write_all(&bind))
-            .await
-            .map_err(|_| "bind write timed out".to_owned())?
-            .map_err(|e| format!("bind write: {e}"))?;
-        let mut buf = BytesMut::with_capacity(4096);
-        loop {
-            let pdu = tokio::select! {
-                _ = self.shutdown.cancelled() => return Err("shutdown".into()),
-                _ = sleep_until(deadline) => return Err("no bind_transceiver_resp".into()),
-                r = read_pdu(&mut stream, &mut buf) => r?,
-            };
-            if pdu.header.command_id == cmd::BIND_TRANSCEIVER | cmd::RESP
-                && pdu.header.sequence == seq
-            {
-                if pdu.header.status != status::ROK {
-                    return Err(format!(
-                        "bind rejected: {} (0x{:02X})",
-                        smpp::status_name(pdu.header.status),
-                        pdu.header.status
-                    ));
-                }
-                return Ok(stream);
-            }
-            if pdu.header.command_id == cmd::GENERIC_NACK {
-                return Err(format!(
-                    "bind answered with generic_nack {}",
-                    smpp::status_name(pdu.header.status)
-                ));
-            }
+        })
+    }
+
+    fn esme_config(&self) -> esme::Config {
+        let c = &self.cfg;
+        esme::Config {
+            window: c.window.max(1),
+            throughput: c.throughput,
+            enquire_link: ms(c.enquire_link_ms.max(1)),
+            response_timeout: ms(c.response_timeout_ms.max(1)),
+            throttle_backoff: ms(c.throttle_backoff_ms),
+            unbind_timeout: ms(c.response_timeout_ms.min(2_000)),
         }
     }
 
-    async fn bound_loop<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        stream: S,
-        pending: &mut HashMap<u32, Pending>,
-    ) -> End {
+    /// Runs one connection: bind, then the bound session, until it dies. The protocol lives in
+    /// [`esme::Esme`]; this loop only moves bytes, requests, receipt verdicts and time into it,
+    /// writes what it returns (each write bounded by its deadline) and acts on its events.
+    /// Returns how it ended and whether it was ever bound.
+    async fn drive(&mut self, stream: Box<dyn Io>) -> (End, bool) {
         let cfg = self.cfg.clone();
         let name = cfg.name.clone();
+        let bind = smpp::Bind {
+            system_id: cfg.system_id.clone(),
+            password: cfg.password.clone(),
+            system_type: cfg.system_type.clone(),
+            interface_version: smpp::INTERFACE_VERSION,
+            addr_ton: 0,
+            addr_npi: 0,
+            address_range: String::new(),
+        };
+        let mut m: Esme<oneshot::Sender<SegResult>> =
+            Esme::new(self.esme_config(), bind, self.seq, now());
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut buf = BytesMut::with_capacity(8192);
-        let resp_to = ms(cfg.response_timeout_ms.max(1));
-        let enquire_every = ms(cfg.enquire_link_ms.max(1));
-        let mut last_rx = Instant::now();
-        let mut enquire: Option<(u32, Instant)> = None;
-        let mut throttle_until: Option<Instant> = None;
-        // Token bucket: capacity one second of throughput (at least one token).
-        let rate = cfg.throughput;
-        let cap = if rate > 0.0 { rate.max(1.0) } else { 0.0 };
-        let mut tokens = cap;
-        let mut refill_at = Instant::now();
-        let window = cfg.window.max(1);
         // deliver_sm receipts waiting for their commit before we acknowledge them.
         let mut acks: FuturesUnordered<AckWait> = FuturesUnordered::new();
-
-        loop {
-            let now = Instant::now();
-            if rate > 0.0 {
-                tokens = (tokens + now.duration_since(refill_at).as_secs_f64() * rate).min(cap);
-                refill_at = now;
-            }
-            let throttled = throttle_until.is_some_and(|t| t > now);
-            let has_token = rate <= 0.0 || tokens >= 1.0;
-            let can_send = pending.len() < window && !throttled && has_token;
-            // The next instant something has to be checked.
-            let mut wake = enquire.map_or(last_rx + enquire_every, |(_, d)| d);
-            if let Some(d) = pending.values().map(|p| p.deadline).min() {
-                wake = wake.min(d);
-            }
-            if let Some(t) = throttle_until.filter(|t| *t > now) {
-                wake = wake.min(t);
-            }
-            if !has_token && pending.len() < window {
-                let need = (1.0 - tokens) / rate;
-                wake = wake.min(now + Duration::from_secs_f64(need.max(0.0005)));
-            }
-
-            tokio::select! {
-                _ = self.shutdown.cancelled() => {
-                    self.unbind(&mut rd, &mut wr, &mut buf, pending).await;
-                    return End::Shutdown;
+        let mut was_bound = false;
+        let mut unbinding = false;
+        let end = 'session: loop {
+            // Write what the machine produced, within its deadline.
+            if let Some(bytes) = m.poll_transmit() {
+                let deadline = m
+                    .write_deadline()
+                    .map_or_else(Instant::now, Instant::from_std);
+                match timeout_at(deadline, write_flush(&mut wr, &bytes)).await {
+                    Ok(Ok(())) => m.on_written(now()),
+                    Ok(Err(e)) => m.on_transport_error(format!("write: {e}")),
+                    Err(_) => m.handle_timeout(deadline.into_std()),
                 }
-                r = rd.read_buf(&mut buf) => {
-                    match r {
-                        Ok(0) => return End::Error("connection closed by SMSC".into()),
-                        Ok(_) => {}
-                        Err(e) => return End::Error(format!("read: {e}")),
+            }
+            while let Some(ev) = m.poll_event() {
+                match ev {
+                    Event::Bound => {
+                        was_bound = true;
+                        self.bound.store(true, Ordering::Release);
+                        self.metrics.bound.with_label_values(&[&name]).set(1);
+                        self.metrics.binds.with_label_values(&[&name, "up"]).inc();
+                        tracing::info!(smsc = %name, "SMPP session bound");
                     }
-                    last_rx = Instant::now();
-                    loop {
-                        let pdu = match take_pdu(&mut buf) {
-                            Ok(Some(p)) => p,
-                            Ok(None) => break,
-                            Err(e) => return End::Error(e),
+                    Event::Answered {
+                        tag,
+                        status,
+                        latency,
+                        answer,
+                    } => {
+                        self.metrics
+                            .submit_latency
+                            .with_label_values(&[&name])
+                            .observe(latency.as_secs_f64());
+                        self.metrics
+                            .submits
+                            .with_label_values(&[&name, smpp::status_name(status)])
+                            .inc();
+                        let _ = tag.send(match answer {
+                            Answer::Accepted(id) => SegResult::Accepted(id),
+                            Answer::NoMessageId => {
+                                SegResult::Ambiguous("submit_sm_resp without message_id".into())
+                            }
+                            Answer::Rejected(st) => SegResult::Rejected(st),
+                        });
+                    }
+                    Event::Unanswered { tag, why } => {
+                        self.metrics.ambiguous.with_label_values(&[&name]).inc();
+                        let _ = tag.send(SegResult::Ambiguous(why));
+                    }
+                    Event::Throttled { .. } => {
+                        self.metrics.throttled.with_label_values(&[&name]).inc();
+                    }
+                    Event::Receipt { receipt, token } => {
+                        self.metrics
+                            .receipts
+                            .with_label_values(&[&name, &receipt.state])
+                            .inc();
+                        let (Some(token), Some(delivered)) = (token, receipt.delivered) else {
+                            continue;
                         };
-                        if let Err(e) = self
-                            .handle(pdu, &mut wr, pending, &mut enquire, &mut throttle_until, &mut acks)
-                            .await
-                        {
-                            return End::Error(e);
+                        let reference = format!(
+                            "{name}:{}",
+                            smpp::normalise_id(&receipt.message_id, cfg.receipt_id_decimal)
+                        );
+                        // Acknowledged only once the receipt is committed: if we die first,
+                        // the SMSC delivers it again (after a rebind). A full channel slows
+                        // the SMSC down instead of dropping receipts.
+                        let (ack, committed) = ReceiptAck::new();
+                        let receipt = Receipt {
+                            binding: BindingKind::Wap,
+                            reference,
+                            delivered,
+                            detail: format!("SMPP receipt stat:{}", receipt.state),
+                            ack: Some(ack),
+                        };
+                        tokio::select! {
+                            _ = self.shutdown.cancelled() => {
+                                m.on_transport_error("shutdown while queueing receipt".into());
+                            }
+                            r = self.receipts.send(receipt) => if r.is_err() {
+                                m.on_transport_error("receipt channel closed".into());
+                            },
                         }
+                        acks.push(Box::pin(async move {
+                            (token, committed.await.unwrap_or(false))
+                        }));
+                    }
+                    Event::UnparseableReceipt => {
+                        tracing::warn!(smsc = %name, "unparseable delivery receipt");
+                    }
+                    Event::StrayNack { status } => {
+                        tracing::warn!(smsc = %name, status = smpp::status_name(status), "generic_nack");
+                    }
+                    Event::Dead(why) => {
+                        // The SMSC's own unbind still gets its unbind_resp (best effort).
+                        if let Some(bytes) = m.poll_transmit() {
+                            let _ = timeout(ms(1_000), write_flush(&mut wr, &bytes)).await;
+                        }
+                        if why == Dead::Shutdown {
+                            let _ = timeout(ms(1_000), wr.shutdown()).await;
+                        }
+                        break 'session match why {
+                            Dead::Shutdown if unbinding => End::Shutdown,
+                            why => End::Error(why.to_string()),
+                        };
                     }
                 }
-                req = self.rx.recv(), if can_send => {
-                    let Some(req) = req else { return End::Shutdown };
+            }
+            self.seq = m.last_sequence();
+            self.metrics
+                .in_flight
+                .with_label_values(&[&name])
+                .set(m.in_flight() as i64);
+            let t = now();
+            let can_send = m.can_submit(t);
+            let wake = m
+                .poll_timeout()
+                .map_or_else(|| Instant::now() + ms(1_000), Instant::from_std);
+            tokio::select! {
+                _ = self.shutdown.cancelled(), if !unbinding => {
+                    unbinding = true;
+                    m.unbind(now());
+                }
+                r = rd.read_buf(&mut buf) => match r {
+                    Ok(0) => m.on_eof(),
+                    Ok(_) => {
+                        m.on_bytes(&buf, now());
+                        buf.clear();
+                    }
+                    Err(e) => m.on_transport_error(format!("read: {e}")),
+                },
+                req = self.rx.recv(), if can_send && !unbinding => {
+                    let Some(req) = req else {
+                        unbinding = true;
+                        m.unbind(now());
+                        continue;
+                    };
                     if req.reply.is_closed() {
                         continue; // the deliver call gave up before we sent anything
                     }
-                    let seq = self.next_seq();
-                    let bytes = match Pdu::new(cmd::SUBMIT_SM, seq, Body::Sm(req.sm)).encode() {
-                        Ok(b) => b,
-                        Err(e) => {
-                            let _ = req.reply.send(SegResult::Rejected(status::RINVCMDLEN));
+                    match m.submit(req.sm, req.reply, now()) {
+                        Ok(_) => {}
+                        Err(SubmitError::Encode(reply, e)) => {
+                            let _ = reply.send(SegResult::Rejected(status::RINVCMDLEN));
                             tracing::error!(smsc = %name, error = %e, "submit_sm not encodable");
-                            continue;
                         }
-                    };
-                    if rate > 0.0 {
-                        tokens -= 1.0;
-                    }
-                    let sent = Instant::now();
-                    pending.insert(seq, Pending { reply: req.reply, sent, deadline: sent + resp_to });
-                    self.metrics.in_flight.with_label_values(&[&name]).set(pending.len() as i64);
-                    match timeout(resp_to, wr.write_all(&bytes)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return End::Error(format!("write: {e}")),
-                        Err(_) => return End::Error("write timed out".into()),
-                    }
-                }
-                Some((h, committed)) = acks.next(), if !acks.is_empty() => {
-                    // Not recorded: a temporary error makes the SMSC deliver it again later
-                    // (SMPP 3.4 §5.1.3, ESME_RX_T_APPN).
-                    let st = if committed { status::ROK } else { status::RX_T_APPN };
-                    let Ok(b) = Pdu::response(&h, st, Body::IdResp(String::new())).encode() else {
-                        continue;
-                    };
-                    if let Err(e) = wr.write_all(&b).await {
-                        return End::Error(format!("write: {e}"));
-                    }
-                }
-                _ = sleep_until(wake) => {
-                    let now = Instant::now();
-                    if let Some((_, d)) = enquire && d <= now {
-                        return End::Error("enquire_link unanswered: dead link".into());
-                    }
-                    let expired: Vec<u32> = pending
-                        .iter()
-                        .filter(|(_, p)| p.deadline <= now)
-                        .map(|(s, _)| *s)
-                        .collect();
-                    for s in expired {
-                        if let Some(p) = pending.remove(&s) {
-                            self.metrics.ambiguous.with_label_values(&[&name]).inc();
-                            let _ = p.reply.send(SegResult::Ambiguous(format!(
-                                "no submit_sm_resp within {} ms",
-                                cfg.response_timeout_ms
-                            )));
+                        Err(SubmitError::NotReady(reply)) => {
+                            let _ = reply.send(SegResult::NotSent(format!("smsc {name} busy")));
                         }
                     }
-                    self.metrics.in_flight.with_label_values(&[&name]).set(pending.len() as i64);
-                    if enquire.is_none() && now >= last_rx + enquire_every {
-                        let seq = self.next_seq();
-                        let b = Pdu::new(cmd::ENQUIRE_LINK, seq, Body::Empty).encode().unwrap_or_default();
-                        if let Err(e) = wr.write_all(&b).await {
-                            return End::Error(format!("write: {e}"));
-                        }
-                        enquire = Some((seq, now + resp_to));
-                    }
                 }
-            }
-        }
-    }
-
-    async fn handle<W: AsyncWrite + Unpin>(
-        &mut self,
-        pdu: Pdu,
-        wr: &mut W,
-        pending: &mut HashMap<u32, Pending>,
-        enquire: &mut Option<(u32, Instant)>,
-        throttle_until: &mut Option<Instant>,
-        acks: &mut FuturesUnordered<AckWait>,
-    ) -> Result<(), String> {
-        let name = self.cfg.name.clone();
-        let h = pdu.header;
-        let send = |p: Pdu| async move { p.encode().map_err(|e| e.to_string()) };
-        match h.command_id {
-            c if c == cmd::SUBMIT_SM | cmd::RESP || c == cmd::GENERIC_NACK => {
-                if let Some((s, _)) = enquire
-                    && *s == h.sequence
-                {
-                    *enquire = None;
+                Some((token, committed)) = acks.next(), if !acks.is_empty() => {
+                    m.receipt_done(token, committed, now());
                 }
-                let Some(p) = pending.remove(&h.sequence) else {
-                    if c == cmd::GENERIC_NACK {
-                        tracing::warn!(smsc = %name, status = smpp::status_name(h.status), "generic_nack");
-                    }
-                    return Ok(());
-                };
-                self.metrics
-                    .in_flight
-                    .with_label_values(&[&name])
-                    .set(pending.len() as i64);
-                self.metrics
-                    .submit_latency
-                    .with_label_values(&[&name])
-                    .observe(p.sent.elapsed().as_secs_f64());
-                self.metrics
-                    .submits
-                    .with_label_values(&[&name, smpp::status_name(h.status)])
-                    .inc();
-                let result = if h.status == status::ROK && c != cmd::GENERIC_NACK {
-                    match pdu.body {
-                        Body::IdResp(id) if !id.is_empty() => SegResult::Accepted(id),
-                        _ => SegResult::Ambiguous("submit_sm_resp without message_id".into()),
-                    }
-                } else {
-                    if h.status == status::RTHROTTLED || h.status == status::RMSGQFUL {
-                        self.metrics.throttled.with_label_values(&[&name]).inc();
-                        // Kannel pauses the link on throttling (protocol-facts §C.8).
-                        *throttle_until = Some(Instant::now() + ms(self.cfg.throttle_backoff_ms));
-                    }
-                    SegResult::Rejected(h.status)
-                };
-                let _ = p.reply.send(result);
+                _ = sleep_until(wake) => m.handle_timeout(now()),
             }
-            c if c == cmd::ENQUIRE_LINK | cmd::RESP
-                && enquire.is_some_and(|(s, _)| s == h.sequence) =>
-            {
-                *enquire = None;
-            }
-            cmd::ENQUIRE_LINK => {
-                let b = send(Pdu::response(&h, status::ROK, Body::Empty)).await?;
-                wr.write_all(&b).await.map_err(|e| format!("write: {e}"))?;
-            }
-            cmd::DELIVER_SM => {
-                if let Body::Sm(sm) = &pdu.body
-                    && smpp::is_receipt(sm)
-                {
-                    match smpp::parse_receipt(sm) {
-                        Some(r) => {
-                            self.metrics
-                                .receipts
-                                .with_label_values(&[&name, &r.state])
-                                .inc();
-                            if let Some(delivered) = r.delivered {
-                                let reference = format!(
-                                    "{name}:{}",
-                                    smpp::normalise_id(&r.message_id, self.cfg.receipt_id_decimal)
-                                );
-                                // Acknowledged only once the receipt is committed: if we die
-                                // first, the SMSC delivers it again (after a rebind). A full
-                                // channel slows the SMSC down instead of dropping receipts.
-                                let (ack, committed) = ReceiptAck::new();
-                                let receipt = Receipt {
-                                    binding: BindingKind::Wap,
-                                    reference,
-                                    delivered,
-                                    detail: format!("SMPP receipt stat:{}", r.state),
-                                    ack: Some(ack),
-                                };
-                                tokio::select! {
-                                    _ = self.shutdown.cancelled() => return Err("shutdown while queueing receipt".into()),
-                                    r = self.receipts.send(receipt) => if r.is_err() {
-                                        return Err("receipt channel closed".into());
-                                    },
-                                }
-                                acks.push(Box::pin(async move {
-                                    (h, committed.await.unwrap_or(false))
-                                }));
-                                return Ok(());
-                            }
-                        }
-                        None => tracing::warn!(smsc = %name, "unparseable delivery receipt"),
-                    }
-                }
-                let b = send(Pdu::response(&h, status::ROK, Body::IdResp(String::new()))).await?;
-                wr.write_all(&b).await.map_err(|e| format!("write: {e}"))?;
-            }
-            cmd::UNBIND => {
-                let b = send(Pdu::response(&h, status::ROK, Body::Empty)).await?;
-                let _ = wr.write_all(&b).await;
-                return Err("unbound by SMSC".into());
-            }
-            c if c & cmd::RESP == 0 => {
-                // A request we do not implement: generic_nack (SMPP 3.4 §4.3).
-                let nack = Pdu {
-                    header: smpp::Header {
-                        command_id: cmd::GENERIC_NACK,
-                        status: status::RINVCMDID,
-                        sequence: h.sequence,
-                    },
-                    body: Body::Empty,
-                };
-                let b = send(nack).await?;
-                wr.write_all(&b).await.map_err(|e| format!("write: {e}"))?;
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    async fn unbind<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-        &mut self,
-        rd: &mut R,
-        wr: &mut W,
-        buf: &mut BytesMut,
-        pending: &mut HashMap<u32, Pending>,
-    ) {
-        let seq = self.next_seq();
-        let Ok(b) = Pdu::new(cmd::UNBIND, seq, Body::Empty).encode() else {
-            return;
         };
-        let deadline = Instant::now() + ms(self.cfg.response_timeout_ms.min(2_000));
-        if timeout(Duration::from_secs(1), wr.write_all(&b))
-            .await
-            .is_err()
-        {
-            return;
+        if was_bound {
+            self.bound.store(false, Ordering::Release);
+            self.metrics.bound.with_label_values(&[&name]).set(0);
+            self.metrics.binds.with_label_values(&[&name, "down"]).inc();
         }
-        // Collect answers to what is in flight while waiting for unbind_resp.
-        loop {
-            let r = tokio::select! {
-                _ = sleep_until(deadline) => return,
-                r = rd.read_buf(buf) => r,
-            };
-            if !matches!(r, Ok(n) if n > 0) {
-                return;
-            }
-            while let Ok(Some(p)) = take_pdu(buf) {
-                if p.header.command_id == cmd::UNBIND | cmd::RESP {
-                    let _ = wr.shutdown().await;
-                    return;
-                }
-                if p.header.command_id == cmd::SUBMIT_SM | cmd::RESP
-                    && let Some(pe) = pending.remove(&p.header.sequence)
-                {
-                    let res = match p.body {
-                        Body::IdResp(id) if p.header.status == 0 && !id.is_empty() => {
-                            SegResult::Accepted(id)
-                        }
-                        _ => SegResult::Rejected(p.header.status),
-                    };
-                    let _ = pe.reply.send(res);
-                }
-            }
-        }
+        self.metrics.in_flight.with_label_values(&[&name]).set(0);
+        (end, was_bound)
     }
 }
 
-/// Takes one complete PDU off the buffer. A decode failure of a correctly framed PDU is
-/// reported as an error too: the stream can no longer be trusted.
-fn take_pdu(buf: &mut BytesMut) -> Result<Option<Pdu>, String> {
-    let len = match smpp::frame_len(buf) {
-        Ok(Some(l)) => l,
-        Ok(None) => return Ok(None),
-        Err(e) => return Err(format!("garbage from SMSC: {e}")),
-    };
-    if buf.len() < len {
-        return Ok(None);
-    }
-    let pdu = Pdu::decode(&buf[..len]).map_err(|e| format!("bad PDU from SMSC: {e}"));
-    buf.advance(len);
-    pdu.map(Some)
+fn now() -> std::time::Instant {
+    std::time::Instant::now()
 }
 
-async fn read_pdu<S: AsyncRead + Unpin>(s: &mut S, buf: &mut BytesMut) -> Result<Pdu, String> {
-    loop {
-        if let Some(p) = take_pdu(buf)? {
-            return Ok(p);
-        }
-        match s.read_buf(buf).await {
-            Ok(0) => return Err("connection closed by SMSC".into()),
-            Ok(_) => {}
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
+async fn write_flush<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    wr.write_all(bytes).await?;
+    // TLS keeps records it could not send yet; without a flush they could wait forever.
+    wr.flush().await
 }

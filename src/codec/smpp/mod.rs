@@ -3,6 +3,11 @@
 //! [`Pdu::decode`] / [`Pdu::encode`] convert. Facts: protocol-facts §C.
 //!
 //! The decoder never panics on peer bytes; every error names what is wrong and the offset.
+//!
+//! [`esme`] is the ESME session state machine (bind, window, enquire_link, throttling, unbind)
+//! built on this codec, sans-IO as well.
+
+pub mod esme;
 
 use thiserror::Error;
 
