@@ -1,24 +1,21 @@
 //! End to end through the REST API over the SIP binding, with SIPp (an independent SIP stack)
 //! as the device's UAS; and the `auto` fallback from a failing SIP binding to HTTP.
 
-mod common;
-#[path = "peers/sip/support.rs"]
-mod support;
-
 use std::time::Duration;
 
-use common::{
+use crate::support::{
+    self,
     gateway::{Gateway, TOKEN_A, settings, xml_push},
     receiver::Receiver,
+    sip::*,
 };
 use serde_json::json;
-use support::*;
 
 const DM_XML: &str = r#"<SyncML xmlns="SYNCML:SYNCML1.2"><SyncHdr><VerDTD>1.2</VerDTD><VerProto>DM/1.2</VerProto><SessionID>1</SessionID><MsgID>1</MsgID><Target><LocURI>IMEI:1</LocURI></Target><Source><LocURI>https://dms.example</LocURI></Source></SyncHdr><SyncBody><Alert><CmdID>1</CmdID><Data>1200</Data></Alert><Final/></SyncBody></SyncML>"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xml_push_reaches_sipp_through_the_api() {
-    let Some(sipp) = common::require_tool("sipp") else {
+    let Some(sipp) = support::require_tool("sipp") else {
         return;
     };
     let port = free_port();

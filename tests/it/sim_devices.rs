@@ -3,8 +3,6 @@
 //! produced by libwbxml, package #0 vectors recomputed with OpenSSL, an HMAC computed here from
 //! the DM security formula; and the gateway's own WAP and HTTP bindings end to end.
 
-mod common;
-
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -19,16 +17,9 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt as _;
 use tokio_util::sync::CancellationToken;
 
-const WAIT: Duration = Duration::from_secs(15);
+use crate::support::{self, fixture};
 
-fn fixture(p: &str) -> Vec<u8> {
-    std::fs::read(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(p),
-    )
-    .unwrap()
-}
+const WAIT: Duration = Duration::from_secs(15);
 
 /// A connectionless Push PDU built by hand: TID, 0x06, headers length, content type (short
 /// integer), X-Wap-Application-Id (0xAF) + value (WAP-230-WSP §8.2.4.1, §8.4.2.24).
@@ -61,7 +52,7 @@ fn smpp_args() -> SimArgs {
 
 /// Runs the Python ESME with `spec`; returns its JSON lines.
 async fn esme(addr: SocketAddr, extra: &[&str], spec: Value) -> Option<Vec<Value>> {
-    let py = common::require_tool("python3")?;
+    let py = support::require_tool("python3")?;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/sim/esme.py");
     let mut cmd = tokio::process::Command::new(py);
     cmd.arg(script)
@@ -210,7 +201,7 @@ async fn reassembles_8_and_16_bit_references_out_of_order_and_decodes_wbxml() {
 
 #[tokio::test]
 async fn npm_smpp_esme_interoperates_with_the_smsc() {
-    let Some(node) = common::require_tool("node") else {
+    let Some(node) = support::require_tool("node") else {
         return;
     };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -694,7 +685,7 @@ async fn http_device_verifies_hmac_in_both_framings() {
 mod gateway {
     //! The gateway's own bindings against the simulator, through the REST API.
     use super::*;
-    use common::gateway::{Gateway, TOKEN_A, settings};
+    use crate::support::gateway::{Gateway, TOKEN_A, settings};
     use dmpushd::{binding::wap::SmscConfig, codec::sms::RefWidth};
 
     async fn wait_state(gw: &Gateway, id: &str, want: &str) -> Value {

@@ -1,6 +1,5 @@
 //! Helpers of the WAP binding's integration tests: pcap writing, tshark, the npm SMSC
 //! simulator, deliveries.
-#![allow(dead_code)]
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -10,9 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use dmpushd::binding::{ContentType, Delivery, DeviceBinding, WapBearer};
-use time::OffsetDateTime;
+
+pub use super::{fixture_path as fixture, wait_until};
 
 pub fn sms_target(msisdn: &str) -> DeviceBinding {
     DeviceBinding::Wap {
@@ -23,19 +22,13 @@ pub fn sms_target(msisdn: &str) -> DeviceBinding {
     }
 }
 
+/// A delivery valid for a day: the SMPP tests check the relative validity period derived from
+/// it.
 pub fn delivery(target: DeviceBinding, ct: ContentType, body: &[u8]) -> Delivery {
-    let now = OffsetDateTime::now_utc();
-    Delivery {
-        push_id: "p-test".into(),
-        tenant: "t".into(),
-        device_id: None,
-        target,
-        content_type: ct,
-        body: Bytes::copy_from_slice(body),
-        attempt: 1,
-        expires_at: now + time::Duration::hours(24),
-        now,
-    }
+    let mut d = super::delivery(target, ct, body);
+    d.push_id = "p-test".into();
+    d.expires_at = d.now + time::Duration::hours(24);
+    d
 }
 
 /// The 39-octet General Package #0 of protocol-facts §D.8 (any valid bytes do for transport).
@@ -46,21 +39,6 @@ pub fn pkg0() -> Vec<u8> {
         "0f636f6d2e6578616d706c652e646d73"
     ))
     .unwrap()
-}
-
-pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(rel)
-}
-
-/// Polls `cond` until it is true or the deadline passes.
-pub async fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -300,11 +278,9 @@ pub struct Sim {
 impl Sim {
     /// Starts `tests/peers/smpp/smsc-sim.js` on a free port with extra args.
     pub fn start(dir: &Path, extra: &[&str]) -> Sim {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/smpp/smsc-sim.js");
+        let script = super::repo_path("tests/peers/smpp/smsc-sim.js");
         assert!(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/peers/smpp/node_modules/smpp")
-                .is_dir(),
+            super::repo_path("tests/peers/smpp/node_modules/smpp").is_dir(),
             "npm smpp missing: run scripts/install.d/wap.sh"
         );
         let log = dir.join(format!("smsc-{}.jsonl", rand_suffix()));

@@ -2,9 +2,6 @@
 //! a local HTTPS receiver counting deliveries: every push delivered once, the load shared; then
 //! `kill -9` of one replica mid-run, the other taking over its leases.
 
-mod common;
-mod store_support;
-
 use std::{
     collections::HashMap,
     process::Child,
@@ -12,13 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
+use crate::support::{
+    free_port,
     gateway::metric,
-    process::{free_port, spawn_serve, wait_ok},
+    process::{spawn_serve, wait_ok},
     receiver::Receiver,
+    store::PgDb,
 };
 use serde_json::json;
-use store_support::PgDb;
 
 const TOKEN: &str = "replica-token";
 

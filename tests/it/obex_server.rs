@@ -9,9 +9,8 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use dmpushd::binding::{
-    Binding, BindingContext, ContentType, Delivery, DeviceBinding, Outcome,
+    Binding, ContentType, Delivery, DeviceBinding, Outcome,
     obex::{ObexBinding, ObexConfig},
 };
 use md5::{Digest, Md5};
@@ -20,7 +19,7 @@ use tokio::{
     net::TcpListener,
 };
 
-mod common;
+use crate::support;
 
 /// What the relay answers to one request packet: bytes, or `None` to drop the connection.
 type Script = Box<dyn FnMut(usize, &Req) -> Option<Vec<u8>> + Send>;
@@ -161,21 +160,11 @@ fn binding(io_timeout_ms: u64) -> (ObexBinding, prometheus::Registry) {
 }
 
 fn delivery(address: &str, password: Option<&str>, body: &[u8]) -> Delivery {
-    let now = time::OffsetDateTime::now_utc();
-    Delivery {
-        push_id: "p1".into(),
-        tenant: "t".into(),
-        device_id: None,
-        target: DeviceBinding::Obex {
-            address: address.parse().unwrap(),
-            password: password.map(str::to_owned),
-        },
-        content_type: ContentType::DmWbxml,
-        body: Bytes::copy_from_slice(body),
-        attempt: 1,
-        expires_at: now + time::Duration::hours(1),
-        now,
-    }
+    let target = DeviceBinding::Obex {
+        address: address.parse().unwrap(),
+        password: password.map(str::to_owned),
+    };
+    support::delivery(target, ContentType::DmWbxml, body)
 }
 
 async fn deliver(b: &ObexBinding, d: Delivery) -> Outcome {
@@ -452,11 +441,7 @@ async fn challenge_without_password_is_permanent() {
 
 #[tokio::test]
 async fn build_registers_and_respects_enabled() {
-    let ctx = BindingContext {
-        registry: prometheus::Registry::new(),
-        receipts: tokio::sync::mpsc::channel(1).0,
-        shutdown: tokio_util::sync::CancellationToken::new(),
-    };
+    let ctx = support::binding_context_unread();
     let b = dmpushd::binding::obex::build(&ObexConfig::default(), &ctx)
         .await
         .unwrap()
@@ -476,7 +461,7 @@ async fn build_registers_and_respects_enabled() {
 
 fn tls_acceptor() -> (String, tokio_rustls::TlsAcceptor) {
     dmpushd::tls::install_provider();
-    let (ca_pem, leaf, key) = common::receiver::test_pki();
+    let (ca_pem, leaf, key) = support::receiver::test_pki();
     let cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(vec![leaf], key)

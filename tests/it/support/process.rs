@@ -8,14 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `dmpushd serve --config FILE`, quiet.
 pub fn spawn_serve(config: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_dmpushd"))

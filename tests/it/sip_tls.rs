@@ -1,15 +1,12 @@
 //! Acceptance 5 of issue 5: MESSAGE over TLS to a local UAS (tokio-rustls server with an rcgen
 //! test CA). Trusted via `ca_file` → Delivered; an unknown CA → Permanent (certificate rejected).
 
-#[path = "peers/sip/support.rs"]
-mod support;
-
 use std::{net::SocketAddr, sync::Arc};
 
+use crate::support::sip::*;
 use dmpushd::binding::{ContentType, Outcome, sip::SipConfig};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use support::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,

@@ -1,4 +1,5 @@
-//! Store test fixtures shared by `tests/store_*.rs`: a fresh PostgreSQL database per test, a
+//! Store test fixtures shared by the `store_*` tests and `benches/store.rs` (which includes this file
+//! with `#[path]`, so it uses nothing else from `support`): a fresh PostgreSQL database per test, a
 //! temporary SQLite file, and a push builder.
 #![allow(dead_code)]
 

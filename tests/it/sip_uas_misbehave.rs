@@ -2,20 +2,17 @@
 //! refuse, redirect, challenge twice or send garbage. Timers are short via config; the exact
 //! RFC 3261 schedule is proven with a simulated clock in `codec::sip::transaction`.
 
-#[path = "peers/sip/support.rs"]
-mod support;
-
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use crate::support::sip::*;
 use dmpushd::binding::{
     ContentType, Outcome,
     sip::{SipConfig, SipCredential},
 };
-use support::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, UdpSocket},

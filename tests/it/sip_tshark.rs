@@ -2,10 +2,6 @@
 //! dissector (independent of our parser): method, Request-URI, Accept-Contact, Content-Type,
 //! Content-Length, and the complete binary body (which SIPp's own log truncates at NUL).
 
-mod common;
-#[path = "peers/sip/support.rs"]
-mod support;
-
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
@@ -13,13 +9,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::{self, sip::*};
 use dmpushd::binding::{ContentType, Outcome, sip::SipConfig};
-use support::*;
 
 #[tokio::test]
 async fn tshark_decodes_pushed_message() {
-    let (Some(tshark), Some(sipp)) = (common::require_tool("tshark"), common::require_tool("sipp"))
-    else {
+    let (Some(tshark), Some(sipp)) = (
+        support::require_tool("tshark"),
+        support::require_tool("sipp"),
+    ) else {
         return;
     };
     let port = free_port();

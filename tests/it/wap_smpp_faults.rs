@@ -1,8 +1,6 @@
 //! Fault tests of the SMPP ESME session against an in-process SMSC that misbehaves on purpose
 //! (issue 4 acceptance #3). Short timers; every wait polls a condition with a deadline.
 
-mod wap_common;
-
 use std::{
     sync::{
         Arc, Mutex,
@@ -24,8 +22,8 @@ use tokio::{
     net::TcpListener,
     sync::mpsc,
 };
-use tokio_util::sync::CancellationToken;
-use wap_common::*;
+
+use crate::support::{binding_context, wap::*};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
@@ -231,12 +229,7 @@ struct Fx {
 }
 
 async fn binding(port: u16, policy: AmbiguousPolicy, tweak: impl FnOnce(&mut SmscConfig)) -> Fx {
-    let (tx, rx) = mpsc::channel(16);
-    let ctx = BindingContext {
-        registry: prometheus::Registry::new(),
-        receipts: tx,
-        shutdown: CancellationToken::new(),
-    };
+    let (ctx, rx) = binding_context(16);
     let mut s = SmscConfig {
         name: "fake".into(),
         port,
@@ -429,12 +422,7 @@ async fn smsc_down_gives_transient_not_bound_and_ready_fails() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     drop(l);
-    let (tx, _rx) = mpsc::channel(1);
-    let ctx = BindingContext {
-        registry: prometheus::Registry::new(),
-        receipts: tx,
-        shutdown: CancellationToken::new(),
-    };
+    let (ctx, _rx) = binding_context(1);
     let cfg = WapConfig {
         enabled: true,
         udp_bind: "127.0.0.1:0".parse().unwrap(),
@@ -492,12 +480,7 @@ async fn tls_session_binds_submits_and_verifies_the_certificate() {
 
     // The Web PKI roots do not trust the self-signed SMSC: never bound, pushes stay transient.
     let smsc = FakeSmsc::start_with(vec![Mode::Normal], Some(acceptor)).await;
-    let (tx, _rx) = mpsc::channel(1);
-    let ctx = BindingContext {
-        registry: prometheus::Registry::new(),
-        receipts: tx,
-        shutdown: CancellationToken::new(),
-    };
+    let (ctx, _rx) = binding_context(1);
     let cfg = WapConfig {
         enabled: true,
         udp_bind: "127.0.0.1:0".parse().unwrap(),
@@ -539,12 +522,7 @@ async fn a_receipt_that_could_not_be_recorded_is_answered_with_a_temporary_error
 
 async fn receipt_acked_after_commit(committed: bool) {
     let smsc = FakeSmsc::start(vec![Mode::DecimalReceipt]).await;
-    let (tx, mut rx) = mpsc::channel(4);
-    let ctx = BindingContext {
-        registry: prometheus::Registry::new(),
-        receipts: tx,
-        shutdown: CancellationToken::new(),
-    };
+    let (ctx, mut rx) = binding_context(4);
     let cfg = WapConfig {
         enabled: true,
         udp_bind: "127.0.0.1:0".parse().unwrap(),

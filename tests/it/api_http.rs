@@ -1,15 +1,13 @@
 //! Black-box tests of the gateway through its REST API, delivering over the HTTPS binding to a
 //! local TLS receiver (issue #2 acceptance 1–6 and 8).
 
-mod common;
-
 use std::time::Duration;
 
-use base64::{Engine, engine::general_purpose::STANDARD as B64};
-use common::{
+use crate::support::{
     gateway::{Gateway, TOKEN_A, TOKEN_B, metric, settings, xml_push},
     receiver::{Answer, Receiver},
 };
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 

@@ -1,6 +1,5 @@
 //! Helpers for the SIP interop tests: running SIPp as a UAS, reading its message log, building
-//! the binding and deliveries. Included with `#[path]` from `tests/sip_*.rs`.
-#![allow(dead_code)]
+//! the binding and deliveries (`sip_*` and `api_sip`).
 
 use std::{
     path::{Path, PathBuf},
@@ -9,30 +8,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use dmpushd::binding::{
     Binding, BindingContext, ContentType, Delivery, DeviceBinding,
     sip::{SipConfig, build},
 };
-use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
+
+pub use super::free_port;
 
 pub fn scenario(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/peers/sip")
-        .join(name)
-}
-
-/// A port that was free a moment ago (both TCP and UDP are probed).
-pub fn free_port() -> u16 {
-    for _ in 0..50 {
-        let t = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-        let port = t.local_addr().expect("addr").port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port")
+    super::repo_path("tests/peers/sip").join(name)
 }
 
 /// Is something bound to `port` on loopback (`/proc/net/udp`, or a TCP listener)?
@@ -212,13 +196,7 @@ pub fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 pub fn ctx() -> BindingContext {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    std::mem::forget(rx);
-    BindingContext {
-        registry: prometheus::Registry::new(),
-        receipts: tx,
-        shutdown: CancellationToken::new(),
-    }
+    super::binding_context_unread()
 }
 
 pub async fn binding(cfg: &SipConfig) -> (Arc<dyn Binding>, prometheus::Registry) {
@@ -228,21 +206,11 @@ pub async fn binding(cfg: &SipConfig) -> (Arc<dyn Binding>, prometheus::Registry
 }
 
 pub fn delivery(uri: &str, content_type: ContentType, body: &[u8]) -> Delivery {
-    let now = OffsetDateTime::now_utc();
-    Delivery {
-        push_id: "p1".into(),
-        tenant: "t".into(),
-        device_id: None,
-        target: DeviceBinding::Sip {
-            uri: uri.parse().unwrap(),
-            gruu: None,
-        },
-        content_type,
-        body: Bytes::copy_from_slice(body),
-        attempt: 1,
-        expires_at: now + time::Duration::hours(1),
-        now,
-    }
+    let target = DeviceBinding::Sip {
+        uri: uri.parse().unwrap(),
+        gruu: None,
+    };
+    super::delivery(target, content_type, body)
 }
 
 /// A SyncML DM package (XML) of a realistic size.

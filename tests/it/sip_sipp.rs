@@ -2,17 +2,13 @@
 //! The binding is driven through `Binding::deliver`; SIPp's exit status and its `-trace_msg` log
 //! (the bytes it actually received) are the judges.
 
-mod common;
-#[path = "peers/sip/support.rs"]
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{self, sip::*};
 use dmpushd::binding::{
     ContentType, Outcome,
     sip::{SipConfig, SipCredential},
 };
-use support::*;
 
 fn fast() -> SipConfig {
     SipConfig {
@@ -65,7 +61,7 @@ fn check_message(m: &Received, uri: &str, ct: &str, body: &[u8], via_proto: &str
 }
 
 async fn push_xml_and_pkg0(tcp: bool) {
-    let Some(sipp) = common::require_tool("sipp") else {
+    let Some(sipp) = support::require_tool("sipp") else {
         return;
     };
     let port = free_port();
@@ -131,7 +127,7 @@ async fn sipp_tcp_receives_xml_and_pkg0() {
 }
 
 async fn digest(scenario: &str, tcp: bool, password: &str) -> (Outcome, Sipp) {
-    let sipp = common::require_tool("sipp").expect("checked by caller");
+    let sipp = support::require_tool("sipp").expect("checked by caller");
     let port = free_port();
     let uas = Sipp::start(
         &sipp,
@@ -186,7 +182,7 @@ fn check_retry(uas: &Sipp) {
 
 #[tokio::test]
 async fn sipp_digest_without_qop() {
-    if common::require_tool("sipp").is_none() {
+    if support::require_tool("sipp").is_none() {
         return;
     }
     let (o, mut uas) = digest("uas_auth.xml", false, "s3cret").await;
@@ -200,7 +196,7 @@ async fn sipp_digest_without_qop() {
 
 #[tokio::test]
 async fn sipp_digest_with_qop_over_tcp() {
-    if common::require_tool("sipp").is_none() {
+    if support::require_tool("sipp").is_none() {
         return;
     }
     let (o, mut uas) = digest("uas_auth_qop.xml", true, "s3cret").await;
@@ -216,7 +212,7 @@ async fn sipp_digest_with_qop_over_tcp() {
 
 #[tokio::test]
 async fn sipp_digest_wrong_password_is_permanent() {
-    if common::require_tool("sipp").is_none() {
+    if support::require_tool("sipp").is_none() {
         return;
     }
     let (o, mut uas) = digest("uas_auth_qop.xml", false, "wrong").await;
@@ -234,7 +230,7 @@ async fn sipp_digest_wrong_password_is_permanent() {
 /// RFC 3261 §18.1.1: a request above 1300 bytes goes over TCP although UDP is configured.
 #[tokio::test]
 async fn large_request_switches_to_tcp() {
-    let Some(sipp) = common::require_tool("sipp") else {
+    let Some(sipp) = support::require_tool("sipp") else {
         return;
     };
     let port = free_port();

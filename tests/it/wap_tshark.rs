@@ -1,9 +1,6 @@
 //! WSP push PDUs built by dmpushd decoded by an independent implementation (Wireshark's
 //! tshark): issue 3 acceptance #2 and issue 4 acceptance #4 (UDP bearer).
 
-mod common;
-mod wap_common;
-
 use std::time::Duration;
 
 use dmpushd::{
@@ -17,8 +14,8 @@ use dmpushd::{
     },
 };
 use tokio::{net::UdpSocket, sync::mpsc};
-use tokio_util::sync::CancellationToken;
-use wap_common::*;
+
+use crate::support::{self, wap::*};
 
 const FIELDS: &[&str] = &[
     "frame.number",
@@ -30,20 +27,12 @@ const FIELDS: &[&str] = &[
 ];
 
 fn ctx() -> (BindingContext, mpsc::Receiver<dmpushd::binding::Receipt>) {
-    let (tx, rx) = mpsc::channel(16);
-    (
-        BindingContext {
-            registry: prometheus::Registry::new(),
-            receipts: tx,
-            shutdown: CancellationToken::new(),
-        },
-        rx,
-    )
+    support::binding_context(16)
 }
 
 #[test]
 fn tshark_decodes_codec_push_pdus() {
-    if common::require_tool("tshark").is_none() {
+    if support::require_tool("tshark").is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -189,7 +178,7 @@ fn tshark_decodes_codec_push_pdus() {
 
 #[tokio::test]
 async fn udp_bearer_datagram_is_a_wsp_push_for_tshark() {
-    if common::require_tool("tshark").is_none() || common::require_tool("wbxml2xml").is_none() {
+    if support::require_tool("tshark").is_none() || support::require_tool("wbxml2xml").is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

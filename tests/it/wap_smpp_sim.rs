@@ -1,9 +1,6 @@
 //! The WAP binding against the npm `smpp` SMSC simulator (issue 4 acceptance #1 and #2), with
 //! tshark reassembling what the simulator received and wbxml2xml rendering the payload.
 
-mod common;
-mod wap_common;
-
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use dmpushd::binding::Binding as _;
@@ -15,13 +12,13 @@ use dmpushd::{
     codec::sms,
 };
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use wap_common::*;
+
+use crate::support::{self, wap::*};
 
 fn peers() -> bool {
-    let tools = common::require_tool("node").is_some()
-        && common::require_tool("tshark").is_some()
-        && common::require_tool("wbxml2xml").is_some();
+    let tools = support::require_tool("node").is_some()
+        && support::require_tool("tshark").is_some()
+        && support::require_tool("wbxml2xml").is_some();
     let npm = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/peers/smpp/node_modules/smpp")
         .is_dir();
@@ -42,12 +39,7 @@ struct Fixture {
 }
 
 async fn bind_to(sim: &Sim, tweak: impl FnOnce(&mut SmscConfig)) -> Fixture {
-    let (tx, receipts) = mpsc::channel(64);
-    let ctx = BindingContext {
-        registry: prometheus::Registry::new(),
-        receipts: tx,
-        shutdown: CancellationToken::new(),
-    };
+    let (ctx, receipts) = support::binding_context(64);
     let mut smsc = SmscConfig {
         name: "sim".into(),
         host: "127.0.0.1".into(),

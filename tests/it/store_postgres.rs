@@ -2,15 +2,13 @@
 //! wake-ups across replicas, the device cache's invalidation by NOTIFY, concurrent start-up
 //! migrations, error classification.
 
-mod store_support;
-
 use std::{sync::Arc, time::Duration};
 
+use crate::support::store::{PgDb, push, wap};
 use dmpushd::{
     binding::DeviceBinding,
     store::{Device, Enqueued, Store, StoreOptions, postgres::PgStore},
 };
-use store_support::{PgDb, push, wap};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_sslmode_require() {

@@ -2,8 +2,6 @@
 //! two dmpushd replicas, each with several claimer tasks that lease, "deliver" (record into a
 //! shared ledger) and complete. Real wall-clock time, real leases; every loop has a deadline.
 
-mod store_support;
-
 use std::{
     collections::HashMap,
     sync::{
@@ -13,11 +11,11 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use crate::support::store::{PgDb, push};
 use dmpushd::{
     binding::BindingKind,
     store::{Completion, Enqueued, Next, PushState, Store},
 };
-use store_support::{PgDb, push};
 
 fn now_ms() -> i64 {
     SystemTime::now()

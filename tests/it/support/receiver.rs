@@ -1,5 +1,6 @@
 //! A local HTTPS receiver standing in for a device's push endpoint: a test CA (rcgen), a TLS
 //! server (tokio-rustls + hyper), scripted responses, and a record of every request.
+//! `benches/e2e.rs` includes this file with `#[path]`: it uses nothing else from `support`.
 
 use std::{
     collections::VecDeque,

@@ -2,26 +2,24 @@
 //! simulator (an implementation nobody here wrote), delivery receipts turning pushes
 //! `delivered`, and `kill -9` during an SMPP burst (issue #4 acceptance 2 and 5).
 
-mod common;
-mod wap_common;
-
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
 };
 
-use common::{
+use crate::support::{
+    self, free_port,
     gateway::{Gateway, TOKEN_A, settings, xml_push},
-    process::{count_states as states, free_port, spawn_serve as spawn, wait_ok},
+    process::{count_states as states, spawn_serve as spawn, wait_ok},
+    wap::Sim,
 };
 use dmpushd::{binding::wap::WapConfig, codec};
 use serde_json::json;
-use wap_common::Sim;
 
 const DM_XML: &str = r#"<SyncML xmlns="SYNCML:SYNCML1.2"><SyncHdr><VerDTD>1.2</VerDTD><VerProto>DM/1.2</VerProto><SessionID>1</SessionID><MsgID>1</MsgID><Target><LocURI>IMEI:490154203237518</LocURI></Target><Source><LocURI>https://dms.example</LocURI></Source></SyncHdr><SyncBody><Alert><CmdID>1</CmdID><Data>1200</Data></Alert><Replace><CmdID>2</CmdID><Item><Target><LocURI>./DevInfo/Lang</LocURI></Target><Data>en-US</Data></Item></Replace><Final/></SyncBody></SyncML>"#;
 
 fn peers() -> bool {
-    common::require_tool("node").is_some()
+    support::require_tool("node").is_some()
 }
 
 fn wap_config(port: u16) -> WapConfig {
@@ -209,7 +207,7 @@ async fn kill_9_during_an_smpp_burst_loses_nothing() {
         );
     }
     // Kill in the middle of the burst (throughput is capped at 300 submit_sm/s).
-    wap_common::wait_until("first submits", 30, || {
+    support::wait_until("first submits", 30, || {
         sim.events_of("submit_sm").len() >= 100
     })
     .await;

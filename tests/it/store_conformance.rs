@@ -2,10 +2,9 @@
 //! every implementation (module `pg`: a fresh PostgreSQL database per test; module `sqlite`: a
 //! temporary file). Time is explicit (`T0 + …`): the store never reads a clock.
 
-mod store_support;
-
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
+use crate::support::store::{T0, WAP, next_id, push, wap};
 use dmpushd::{
     binding::{BindingKind, Receipt},
     store::{
@@ -13,7 +12,6 @@ use dmpushd::{
         PushState, ReceiptEffect, Store,
     },
 };
-use store_support::{T0, WAP, next_id, push, wap};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -1233,7 +1231,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    let Some(db) = crate::store_support::PgDb::create().await else { return };
+                    let Some(db) = crate::support::store::PgDb::create().await else { return };
                     super::$case(db.open().await).await;
                 }
             )*
@@ -1242,7 +1240,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    let db = crate::store_support::SqliteDb::create();
+                    let db = crate::support::store::SqliteDb::create();
                     super::$case(db.open().await).await;
                 }
             )*
@@ -1277,7 +1275,7 @@ conformance!(
 /// PostgreSQL only: per-owner lease count (the default trait method answers 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_leases_held() {
-    let Some(db) = store_support::PgDb::create().await else {
+    let Some(db) = crate::support::store::PgDb::create().await else {
         return;
     };
     let s = db.open().await;

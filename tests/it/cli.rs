@@ -7,9 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-mod common;
-
-use common::process::free_port;
+use crate::support::free_port;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dmpushd"));

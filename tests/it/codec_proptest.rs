@@ -4,6 +4,16 @@
 use dmpushd::codec::notification::{self, Initiator, Trigger, UiMode, Verification};
 use dmpushd::codec::wbxml::{self, Document, Element, Node, Vocabulary, tables};
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+
+/// The default persistence (`SourceParallel`) walks up to the nearest `main.rs`, which is now
+/// `tests/it/main.rs`, and would read `tests/proptest-regressions/codec_proptest.txt`. Keep the
+/// saved seeds next to this file instead: `tests/it/codec_proptest.proptest-regressions`.
+fn persistence() -> Option<Box<dyn proptest::test_runner::FailurePersistence>> {
+    Some(Box::new(FileFailurePersistence::WithSource(
+        "proptest-regressions",
+    )))
+}
 
 fn ui_mode() -> impl Strategy<Value = UiMode> {
     prop_oneof![
@@ -40,7 +50,11 @@ fn trigger() -> impl Strategy<Value = Trigger> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        failure_persistence: persistence(),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn package0_build_parse_round_trip(

@@ -6,14 +6,7 @@ use std::path::Path;
 use dmpushd::codec::bootstrap::{self, KeyMaterial, Sec};
 use dmpushd::codec::notification::{self, Initiator, UiMode, Verification};
 
-fn fixture(p: &str) -> Vec<u8> {
-    std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(p),
-    )
-    .unwrap()
-}
+use crate::support::fixture;
 
 #[test]
 fn package0_d8_example1() {

@@ -3,16 +3,15 @@
 //! a 202 reaches a final state, none is lost, and duplicates at the receiver are bounded by the
 //! pushes that were leased (in flight) at the moment of the kill.
 
-mod common;
-
 use std::{
     collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use common::{
-    process::{count_states, free_port, spawn_serve as spawn, wait_ok},
+use crate::support::{
+    free_port,
+    process::{count_states, spawn_serve as spawn, wait_ok},
     receiver::Receiver,
 };
 use serde_json::json;

@@ -3,11 +3,9 @@
 //!
 //! `obex_test` listens on TCP `*:650` only, so each session runs in a private network namespace:
 //! the parent test starts `unshare -n bash tests/peers/obex/run_obex_test.sh … -- <this test
-//! binary> peer_child_push --ignored --exact`, i.e. this binary re-executed inside the namespace
+//! binary> obex_peer::peer_child_push --ignored --exact`, i.e. this binary re-executed inside the namespace
 //! running the `#[ignore]`d child test, which pushes through the real binding to 127.0.0.1:650.
 //! The parent then compares the file obex_test wrote with the payload, byte for byte.
-
-mod common;
 
 use std::{
     path::{Path, PathBuf},
@@ -15,17 +13,20 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use dmpushd::binding::{
-    Binding, ContentType, Delivery, DeviceBinding, Outcome,
+    Binding, ContentType, DeviceBinding, Outcome,
     obex::{ObexBinding, ObexConfig},
 };
 
+use crate::support;
+
 const CHILD_ENV: &str = "DMPUSHD_OBEX_PEER_CHILD";
+/// The child test's name in the `it` binary (module path without the crate).
+const CHILD_TEST: &str = "obex_peer::peer_child_push";
 
 /// A namespace is available (root, or user namespaces allowed). Missing → like a missing peer.
 fn require_unshare() -> bool {
-    if common::require_tool("unshare").is_none() || common::require_tool("ip").is_none() {
+    if support::require_tool("unshare").is_none() || support::require_tool("ip").is_none() {
         return false;
     }
     let ok = Command::new("unshare")
@@ -84,7 +85,9 @@ fn run_session(ct: &str, payload: &[u8], capture: bool) -> Run {
         .arg("--")
         .arg(&exe)
         .args([
-            "peer_child_push",
+            // The full path: under `--exact` a bare name matches nothing and the child would
+            // pass without pushing (the parent's file comparison would then fail, not pass).
+            CHILD_TEST,
             "--ignored",
             "--exact",
             "--nocapture",
@@ -130,21 +133,12 @@ async fn peer_child_push() {
         &reg,
     )
     .unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    let d = Delivery {
-        push_id: "peer".into(),
-        tenant: "t".into(),
-        device_id: None,
-        target: DeviceBinding::Obex {
-            address: "127.0.0.1:650".parse().unwrap(),
-            password: None,
-        },
-        content_type,
-        body: Bytes::from(body),
-        attempt: 1,
-        expires_at: now + time::Duration::hours(1),
-        now,
+    let target = DeviceBinding::Obex {
+        address: "127.0.0.1:650".parse().unwrap(),
+        password: None,
     };
+    let mut d = support::delivery(target, content_type, &body);
+    d.push_id = "peer".into();
     let out = tokio::time::timeout(Duration::from_secs(20), b.deliver(d))
         .await
         .expect("bounded");
@@ -159,7 +153,7 @@ fn wbxml_fixture() -> Vec<u8> {
 
 #[test]
 fn obex_test_receives_single_packet_wbxml_byte_identical() {
-    if common::require_tool("obex_test").is_none() || !require_unshare() {
+    if support::require_tool("obex_test").is_none() || !require_unshare() {
         return;
     }
     let payload = wbxml_fixture();
@@ -188,10 +182,10 @@ fn obex_test_receives_single_packet_wbxml_byte_identical() {
 
 #[test]
 fn obex_test_receives_multi_packet_put_byte_identical_and_tshark_decodes_it() {
-    if common::require_tool("obex_test").is_none() || !require_unshare() {
+    if support::require_tool("obex_test").is_none() || !require_unshare() {
         return;
     }
-    let tshark = common::require_tool("tshark").is_some();
+    let tshark = support::require_tool("tshark").is_some();
     // 5000 octets of XML-ish text: five PUT packets at obex_test's 1024-octet maximum.
     let mut payload = b"<SyncML xmlns='SYNCML:SYNCML1.2'>".to_vec();
     while payload.len() < 4990 {

@@ -1,13 +1,13 @@
 //! WBXML interop with libwbxml2 (Debian `libwbxml2-utils`): golden files produced by `xml2wbxml`
 //! (tests/fixtures/wbxml/regen.sh) and LIVE cross-checks that spawn `xml2wbxml` / `wbxml2xml`.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use dmpushd::codec::wbxml::{self, Vocabulary};
+
+use crate::support;
 
 /// A namespace-aware, whitespace-insensitive view of an XML element.
 #[derive(Debug, PartialEq, Eq)]
@@ -109,8 +109,8 @@ fn our_encoding_round_trips_through_our_decoder() {
 #[test]
 fn live_libwbxml_cross_check() {
     let (Some(x2w), Some(w2x)) = (
-        common::require_tool("xml2wbxml"),
-        common::require_tool("wbxml2xml"),
+        support::require_tool("xml2wbxml"),
+        support::require_tool("wbxml2xml"),
     ) else {
         return;
     };
