@@ -3,8 +3,9 @@
 //!
 //! `obex_test` listens on TCP `*:650` only, so each session runs in a private network namespace:
 //! the parent test starts `unshare -n bash tests/peers/obex/run_obex_test.sh … -- <this test
-//! binary> obex_peer::peer_child_push --ignored --exact`, i.e. this binary re-executed inside the namespace
-//! running the `#[ignore]`d child test, which pushes through the real binding to 127.0.0.1:650.
+//! binary> obex_peer::peer_child_push --ignored --exact`, i.e. this binary re-executed inside the
+//! namespace running the `#[ignore]`d child test, which pushes through the real binding to
+//! 127.0.0.1:650.
 //! The parent then compares the file obex_test wrote with the payload, byte for byte.
 
 use std::{
@@ -85,8 +86,7 @@ fn run_session(ct: &str, payload: &[u8], capture: bool) -> Run {
         .arg("--")
         .arg(&exe)
         .args([
-            // The full path: under `--exact` a bare name matches nothing and the child would
-            // pass without pushing (the parent's file comparison would then fail, not pass).
+            // libtest names a test by its module path; `--exact` needs all of it.
             CHILD_TEST,
             "--ignored",
             "--exact",
