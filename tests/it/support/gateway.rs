@@ -45,6 +45,8 @@ pub struct Gateway {
     pub base: String,
     pub http: reqwest::Client,
     pub store: std::sync::Arc<dyn dmpushd::store::Store>,
+    /// The gateway's own metrics, for tests that read them without scraping `/metrics`.
+    #[allow(dead_code)] // no test reads them directly today
     pub metrics: dmpushd::metrics::Metrics,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,

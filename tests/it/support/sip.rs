@@ -39,6 +39,7 @@ pub fn port_bound(port: u16, tcp: bool) -> bool {
 pub struct Sipp {
     pub child: Child,
     pub dir: tempfile::TempDir,
+    #[allow(dead_code)] // callers chose the port and still hold it
     pub port: u16,
 }
 
