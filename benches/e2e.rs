@@ -24,7 +24,7 @@
 //! Everything — load generator, gateways, PostgreSQL, receiver — shares the same cores, as in the
 //! other benchmarks in `docs/PERFORMANCE.md`.
 
-#[path = "../tests/common/receiver.rs"]
+#[path = "../tests/it/support/receiver.rs"]
 #[allow(dead_code)]
 mod receiver;
 

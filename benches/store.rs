@@ -7,7 +7,7 @@
 //! PostgreSQL: `DMPUSHD_TEST_PG_URL` (default postgres://postgres@127.0.0.1:5432/postgres); a fresh
 //! database is created for the run and dropped afterwards. Skipped with a message if unreachable.
 
-#[path = "../tests/store_support/mod.rs"]
+#[path = "../tests/it/support/store.rs"]
 mod store_support;
 
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Durable state: devices, pushes, their event timelines, idempotency keys and next-hop references.
 //!
 //! One [`Store`] trait, two implementations ([`sqlite`] default, [`postgres`] for several replicas),
-//! one conformance suite (`tests/store_conformance.rs`) that runs unchanged against both.
+//! one conformance suite (`tests/it/store_conformance.rs`) that runs unchanged against both.
 //!
 //! Invariants every implementation keeps (DESIGN §3, §7):
 //! * [`Store::enqueue`] returns only after the push is committed (fsync'd); implementations batch

@@ -3,7 +3,7 @@
 //!
 //! Pure functions (no I/O, no clock: times come in as parameters). Both implementations read the
 //! rows a rule needs, call the rule, and write what it decided; the SQL differs, the decisions do
-//! not. Each rule is unit-tested here once; `tests/store_conformance.rs` checks that both
+//! not. Each rule is unit-tested here once; `tests/it/store_conformance.rs` checks that both
 //! backends apply them.
 
 use std::collections::HashMap;

@@ -270,7 +270,7 @@ mod tests {
         assert!(h.contains("opaque=\"5ccc069c403ebaf9f0171e9517f40e41\""));
     }
 
-    /// RFC 2069 mode (no qop): MD5(HA1:nonce:HA2). The SIPp interop test (tests/sip_sipp.rs)
+    /// RFC 2069 mode (no qop): MD5(HA1:nonce:HA2). The SIPp interop test (tests/it/sip_sipp.rs)
     /// checks the same computation against an independent verifier.
     #[test]
     fn no_qop() {

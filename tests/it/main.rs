@@ -1,0 +1,53 @@
+//! The one integration-test crate of dmpushd.
+//!
+//! Every file here used to be its own test binary under `tests/`; each linked the whole crate
+//! graph again (one link step and a few hundred megabytes per file). As modules of one crate they
+//! link once, and they share one helper home, `support/`, instead of four copied by `#[path]`.
+//!
+//! Tests keep their area in their path: `api_http::…`, `wap_smpp_faults::…`,
+//! `store_conformance::pg::…`. Run one area with `cargo nextest run -E 'test(/^wap_smpp_faults::/)'`
+//! (or `cargo test --test it wap_smpp_faults::`). nextest runs every test in its own process, so
+//! process-wide state (environment, tracing subscriber, prometheus default registry) is not
+//! shared between tests; `scripts/test.sh` uses nextest for that reason.
+
+mod support;
+
+// The REST API end to end, one module per binding behind it.
+mod api_http;
+mod api_sip;
+mod api_wap;
+
+// The binary: configuration contract, crash safety, several replicas.
+mod cli;
+mod crash;
+mod replicas;
+
+// Codecs against goldens, properties and independent implementations.
+mod codec_encode_tool;
+mod codec_golden;
+mod codec_proptest;
+mod codec_wbxml_interop;
+
+// OBEX binding.
+mod obex_peer;
+mod obex_server;
+
+// Device simulator.
+mod sim_cli;
+mod sim_devices;
+
+// SIP binding.
+mod sip_sipp;
+mod sip_tls;
+mod sip_tshark;
+mod sip_uas_misbehave;
+
+// Store.
+mod store_conformance;
+mod store_postgres;
+mod store_replicas;
+
+// WAP binding.
+mod wap_smpp_faults;
+mod wap_smpp_sim;
+mod wap_tshark;
