@@ -13,6 +13,8 @@
 //! every push is in the store. `DMPUSHD_BENCH_STORE_URL` selects another store (e.g. an empty
 //! PostgreSQL database).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on failure
+
 use std::{
     sync::{
         Arc,

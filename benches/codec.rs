@@ -1,5 +1,7 @@
 //! Codec benchmarks (divan). `cargo bench --bench codec`. Figures: docs/perf/codec.md.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on failure
+
 use divan::counter::BytesCount;
 use divan::{Bencher, black_box};
 use dmpushd::codec::notification::{self, Initiator, Trigger, UiMode};

@@ -24,6 +24,8 @@
 //! Everything — load generator, gateways, PostgreSQL, receiver — shares the same cores, as in the
 //! other benchmarks in `docs/PERFORMANCE.md`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on failure
+
 #[path = "../tests/it/support/receiver.rs"]
 #[allow(dead_code)]
 mod receiver;

@@ -3,6 +3,8 @@
 //!
 //! `CARGO_PROFILE_DEV_OPT_LEVEL=2 cargo bench --profile dev --bench obex` (see docs/perf/obex.md).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on failure
+
 use divan::{Bencher, black_box, counter::BytesCount};
 use dmpushd::codec::obex::{
     self, Action, ClientSession, ConnectFields, Header, Packet, PutRequest,

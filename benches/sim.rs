@@ -7,6 +7,8 @@
 //!   on loopback and all submit_sm_resp read (each SMS also goes through the handset rules and
 //!   emits its events). submit_sm/s = BURST / time per iteration.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on failure
+
 use std::{
     path::Path,
     sync::OnceLock,

@@ -7,6 +7,8 @@
 //!   to SIPp's own ceiling as a UAC (`uac_message.xml`) against the same UAS in the same run.
 //!   Needs `sipp` on PATH. Figures are recorded in docs/perf/sip.md.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on failure
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},

@@ -7,6 +7,8 @@
 //! PostgreSQL: `DMPUSHD_TEST_PG_URL` (default postgres://postgres@127.0.0.1:5432/postgres); a fresh
 //! database is created for the run and dropped afterwards. Skipped with a message if unreachable.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on failure
+
 #[path = "../tests/it/support/store.rs"]
 mod store_support;
 

@@ -9,6 +9,8 @@
 //! submit_sm/s = BURST / (time per iteration). Needs `node` and tests/peers/smpp/node_modules
 //! (scripts/install.d/wap.sh); the simulator benches are skipped with a message otherwise.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on failure
+
 use std::{
     io::{BufRead, BufReader},
     path::Path,

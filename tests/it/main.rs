@@ -10,6 +10,8 @@
 //! process-wide state (environment, tracing subscriber, prometheus default registry) is not
 //! shared between tests; `scripts/test.sh` uses nextest for that reason.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on failure
+
 mod support;
 
 // The REST API end to end, one module per binding behind it.
