@@ -6,7 +6,7 @@
 //! [`Outcome`]. Delivery receipts from the SMSCs go to `BindingContext::receipts` with the same
 //! canonical reference as the `refs` of [`Outcome::Accepted`]: `"<smsc name>:<message id>"`.
 //!
-//! Layout: [`config`] (settings), [`plan`] (pure planning shared by delivery, preview and
+//! Layout: [`config`] (settings), [`plan`](mod@plan) (pure planning shared by delivery, preview and
 //! `encode`), `deliver` (SMPP / UDP delivery and outcome mapping), [`session`] (SMPP session
 //! tasks), [`metrics`]; this file builds the binding and implements [`Binding`] on it.
 
@@ -18,13 +18,13 @@ pub mod session;
 
 pub use config::{AmbiguousPolicy, AppIdForm, WapConfig};
 pub use plan::{EncodeError, Plan, compile_xml, encode_units, plan, route, wsp_pdu};
+pub use session::{PortAddressing, SegResult, SmscConfig, ValidityMode};
+
 use std::sync::{Arc, atomic::AtomicU16};
 
 use anyhow::Context as _;
 use futures_util::{FutureExt, future::BoxFuture};
 use tokio::net::UdpSocket;
-
-pub use session::{PortAddressing, SegResult, SmscConfig, ValidityMode};
 
 use super::{
     Binding, BindingContext, BindingKind, CannotCarry, ContentType, Delivery, DeviceBinding,
