@@ -429,3 +429,110 @@ pub(super) async fn submit_request(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ApiLimits {
+        ApiLimits {
+            max_payload_bytes: 4096,
+            body_limit_bytes: 8192,
+            default_ttl_seconds: 3600,
+            max_ttl_seconds: 86_400,
+            max_attempts: 5,
+            list_limit_max: 100,
+        }
+    }
+
+    /// A request as the API would deserialise it.
+    fn request(v: serde_json::Value) -> PushRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn inline(req: &PushRequest) -> Target {
+        let TargetRef::Inline(bindings) = target(req).unwrap() else {
+            panic!("inline bindings expected")
+        };
+        Target {
+            bindings,
+            ..Default::default()
+        }
+    }
+
+    fn http_binding() -> serde_json::Value {
+        serde_json::json!([{"type": "http", "url": "https://dm.example.net/push"}])
+    }
+
+    #[test]
+    fn exactly_one_of_device_and_bindings() {
+        let both = request(serde_json::json!({"device": "d1", "bindings": http_binding()}));
+        assert_eq!(target(&both).unwrap_err().field.as_deref(), Some("device"));
+        let neither = request(serde_json::json!({"body": "<SyncML/>"}));
+        assert_eq!(
+            target(&neither).unwrap_err().field.as_deref(),
+            Some("device")
+        );
+        let device = request(serde_json::json!({"device": "d1"}));
+        assert!(matches!(target(&device).unwrap(), TargetRef::Device(id) if id == "d1"));
+        let bindings = request(serde_json::json!({"bindings": http_binding()}));
+        assert!(matches!(target(&bindings).unwrap(), TargetRef::Inline(b) if b.len() == 1));
+    }
+
+    #[test]
+    fn exactly_one_payload_of_body_body_base64_notification() {
+        let build = |v: serde_json::Value| {
+            let req = request(v);
+            let t = inline(&req);
+            new_push(&limits(), "t", req, t, String::new(), None, 1_000)
+        };
+        let two = build(serde_json::json!({
+            "bindings": http_binding(), "body": "<SyncML/>", "body_base64": "AA==",
+            "content_type": "application/vnd.syncml.dm+wbxml"}))
+        .unwrap_err();
+        assert_eq!(two.field.as_deref(), Some("body_base64"));
+        assert!(
+            two.detail.contains("got body, body_base64"),
+            "{}",
+            two.detail
+        );
+        let none = build(serde_json::json!({"bindings": http_binding()})).unwrap_err();
+        assert_eq!(none.field.as_deref(), Some("body"));
+        assert!(none.detail.contains("got none"), "{}", none.detail);
+        let push =
+            build(serde_json::json!({"bindings": http_binding(), "body": "<SyncML/>"})).unwrap();
+        assert_eq!(push.content_type, ContentType::DmXml);
+        assert_eq!(push.body, b"<SyncML/>");
+        assert_eq!(push.expires_at_ms, 1_000 + 3_600_000);
+    }
+
+    #[test]
+    fn request_hash_is_kept_only_with_an_idempotency_key() {
+        let build = |v: serde_json::Value, header: Option<&str>| {
+            let req = request(v);
+            let t = inline(&req);
+            new_push(
+                &limits(),
+                "t",
+                req,
+                t,
+                "h1".into(),
+                header.map(str::to_owned),
+                0,
+            )
+            .unwrap()
+        };
+        let plain = serde_json::json!({"bindings": http_binding(), "body": "<SyncML/>"});
+        let p = build(plain.clone(), None);
+        assert_eq!((p.idempotency_key, p.request_hash), (None, None));
+        let p = build(plain, Some("from-header"));
+        assert_eq!(p.idempotency_key.as_deref(), Some("from-header"));
+        assert_eq!(p.request_hash.as_deref(), Some("h1"));
+        // The body's key wins over the header's.
+        let keyed = serde_json::json!({
+            "bindings": http_binding(), "body": "<SyncML/>", "idempotency_key": "from-body"});
+        let p = build(keyed, Some("from-header"));
+        assert_eq!(p.idempotency_key.as_deref(), Some("from-body"));
+        assert_eq!(p.request_hash.as_deref(), Some("h1"));
+    }
+}
