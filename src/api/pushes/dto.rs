@@ -1,0 +1,183 @@
+//! Request and response types of `/v1/pushes` (the OpenAPI schemas).
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Problem, rfc3339, validate, validate::NotificationParams};
+use crate::{
+    domain::{BindingKind, ContentType, DeviceBinding, PushState},
+    store::PushRecord,
+};
+
+/// Most items in one batch request.
+pub const MAX_BATCH: usize = 1000;
+
+/// Body of `POST /v1/pushes` (DESIGN §5). Exactly one of `body`, `body_base64`, `notification`;
+/// exactly one of `device`, `bindings`.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushRequest {
+    /// A registered device id.
+    pub device: Option<String>,
+    /// Inline bindings instead of a registered device.
+    #[schema(value_type = Option<Vec<DeviceBinding>>)]
+    pub bindings: Option<Vec<validate::BindingInput>>,
+    /// `auto` (default: the device's bindings in order, with fallback) or a binding type.
+    pub binding: Option<String>,
+    pub content_type: Option<String>,
+    /// Text payload (XML DM message).
+    pub body: Option<String>,
+    /// Binary payload (WBXML, or a ready-made package #0).
+    pub body_base64: Option<String>,
+    /// Build a package #0 notification from the device's `dm` credentials.
+    pub notification: Option<NotificationParams>,
+    /// `normal` (default) or `high`.
+    pub priority: Option<String>,
+    /// Time to live from submission (default from `queue.default_ttl_seconds`).
+    pub ttl_seconds: Option<i64>,
+    /// RFC 3339 time before which no attempt is made.
+    pub not_before: Option<String>,
+    pub idempotency_key: Option<String>,
+    /// A newer push with the same key supersedes a pending one.
+    pub collapse_key: Option<String>,
+    pub callback_url: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Submitted {
+    pub id: String,
+    pub state: PushState,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventView {
+    pub at: String,
+    pub state: PushState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binding: Option<BindingKind>,
+    pub attempt: u32,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PushView {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub state: PushState,
+    /// The binding of the latest attempt, else the requested one (`auto`).
+    pub binding: String,
+    pub attempts: u32,
+    pub priority: String,
+    pub content_type: ContentType,
+    pub created_at: String,
+    pub updated_at: String,
+    pub not_before: String,
+    pub expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collapse_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    pub events: Vec<EventView>,
+}
+
+impl PushView {
+    pub(super) fn from_record(p: PushRecord) -> Self {
+        let binding = p
+            .last_binding
+            .or(p.binding_choice)
+            .map(|b| b.as_str().to_owned())
+            .unwrap_or_else(|| "auto".into());
+        Self {
+            id: p.id,
+            device: p.device_id,
+            state: p.state,
+            binding,
+            attempts: p.attempts,
+            priority: if p.priority > 0 { "high" } else { "normal" }.into(),
+            content_type: p.content_type,
+            created_at: rfc3339(p.created_at_ms),
+            updated_at: rfc3339(p.updated_at_ms),
+            not_before: rfc3339(p.not_before_ms),
+            expires_at: rfc3339(p.expires_at_ms),
+            collapse_key: p.collapse_key,
+            idempotency_key: p.idempotency_key,
+            events: p
+                .events
+                .into_iter()
+                .map(|e| EventView {
+                    at: rfc3339(e.at_ms),
+                    state: e.state,
+                    binding: e.binding,
+                    attempt: e.attempt,
+                    detail: e.detail,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BatchItem {
+    pub index: usize,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<PushState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BatchResult {
+    pub accepted: usize,
+    pub rejected: usize,
+    pub results: Vec<BatchItem>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuery {
+    pub binding: Option<String>,
+    pub ttl_seconds: Option<i64>,
+    pub priority: Option<String>,
+    pub collapse_key: Option<String>,
+    pub not_before: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BindingPreview {
+    pub binding: BindingKind,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub units_hex: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PreviewResult {
+    pub content_type: ContentType,
+    /// The DM payload itself, hex.
+    pub payload_hex: String,
+    pub bindings: Vec<BindingPreview>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub device: Option<String>,
+    pub state: Option<String>,
+    /// Cursor: the last id of the previous page (listing is newest first).
+    pub before: Option<String>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PushList {
+    pub items: Vec<PushView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
