@@ -66,6 +66,7 @@ impl App {
                 per_target: q.per_target_concurrency,
                 grace: Duration::from_secs(settings.server.shutdown_grace_seconds),
                 attempt_timeout: Duration::from_secs(300),
+                receipt_grace: Duration::from_secs(q.receipt_grace_seconds),
             },
         );
         let state = ApiState {

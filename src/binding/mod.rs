@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::domain::{
-    BindingKind, ContentType, DeviceBinding, HmacCredentials, HttpFraming, Receipt, ReceiptAck,
+    BindingKind, ContentType, DeviceBinding, HmacCredentials, HttpFraming, NextHopRef, Receipt,
+    ReceiptAck,
     WapBearer,
 };
 
@@ -51,9 +52,12 @@ pub enum Outcome {
     /// The device (or its agent) confirmed receipt.
     Delivered { detail: String },
     /// The next hop took it; a [`Receipt`] will finish it. `refs` are next-hop ids (e.g. one SMPP
-    /// message id per SMS segment) that receipts are correlated with. Empty `refs` means no receipt
-    /// will come and the push stays `accepted` (final for reporting purposes after TTL).
-    Accepted { detail: String, refs: Vec<String> },
+    /// message id per SMS segment, each with its SMSC account) that receipts are correlated with.
+    /// Empty `refs` means no receipt will come: the push ends `unconfirmed` at once (DESIGN §10.1).
+    Accepted {
+        detail: String,
+        refs: Vec<NextHopRef>,
+    },
     /// Try again later (at the earliest after `retry_after` when the peer said so).
     Transient {
         reason: String,

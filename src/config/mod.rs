@@ -73,6 +73,9 @@ pub struct QueueConfig {
     pub per_target_concurrency: usize,
     /// Replica id used as lease owner; default: hostname-pid-random.
     pub replica_id: Option<String>,
+    /// Seconds after a push's `expires_at` that an `accepted` push (receipt requested) still
+    /// waits for its receipt before it ends `unconfirmed` (DESIGN §10.1).
+    pub receipt_grace_seconds: u64,
 }
 
 impl Default for QueueConfig {
@@ -89,6 +92,7 @@ impl Default for QueueConfig {
             poll_interval_ms: 1000,
             per_target_concurrency: 4,
             replica_id: None,
+            receipt_grace_seconds: crate::queue::dispatcher::DEFAULT_RECEIPT_GRACE.as_secs(),
         }
     }
 }

@@ -21,4 +21,4 @@ pub use binding::{
 };
 pub use clock::{Clock, ManualClock, SystemClock, now_ms};
 pub use device::{Device, DmCredentials};
-pub use push::{PushState, Receipt, ReceiptAck};
+pub use push::{DEFAULT_RECEIPT_HOLD, NextHopRef, PushState, Receipt, ReceiptAck};

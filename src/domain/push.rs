@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use super::binding::BindingKind;
 
+/// Default of `bindings.wap.receipt_hold_seconds` (DESIGN §10.1).
+pub const DEFAULT_RECEIPT_HOLD: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Push states (DESIGN §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -19,10 +22,15 @@ pub enum PushState {
     Expired,
     Cancelled,
     Superseded,
+    /// Final: the next hop took the push and no confirmation can come (UDP datagram, SMS
+    /// without a receipt request, SIP `202`) or none came within `expires_at` +
+    /// `queue.receipt_grace_seconds` (DESIGN §10.1). A late receipt still moves it to
+    /// `delivered` / `failed`.
+    Unconfirmed,
 }
 
 impl PushState {
-    pub const ALL: [PushState; 9] = [
+    pub const ALL: [PushState; 10] = [
         Self::Queued,
         Self::Sending,
         Self::Accepted,
@@ -32,6 +40,7 @@ impl PushState {
         Self::Expired,
         Self::Cancelled,
         Self::Superseded,
+        Self::Unconfirmed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +54,7 @@ impl PushState {
             Self::Expired => "expired",
             Self::Cancelled => "cancelled",
             Self::Superseded => "superseded",
+            Self::Unconfirmed => "unconfirmed",
         }
     }
 
@@ -52,11 +62,17 @@ impl PushState {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
-    /// Final states never change again.
+    /// Final states: no attempt will be made any more. They never change again, except that a
+    /// late receipt moves `unconfirmed` to `delivered` / `failed` (DESIGN §10.1).
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            Self::Delivered | Self::Failed | Self::Expired | Self::Cancelled | Self::Superseded
+            Self::Delivered
+                | Self::Failed
+                | Self::Expired
+                | Self::Cancelled
+                | Self::Superseded
+                | Self::Unconfirmed
         )
     }
 }
@@ -67,15 +83,65 @@ impl fmt::Display for PushState {
     }
 }
 
-/// A late result for a push that was `accepted`: correlated by `(binding, reference)` with the
-/// `refs` of the [`Outcome::Accepted`].
+/// A next-hop reference: the id the next hop gave one message (e.g. an SMPP `message_id`, one per
+/// SMS segment), valid only within the `account` that issued it (`[[bindings.wap.smsc]] name`).
+/// SMSCs reuse ids and number them per account, so the account is part of the key (DESIGN §10.1).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NextHopRef {
+    pub account: String,
+    pub id: String,
+}
+
+impl NextHopRef {
+    pub fn new(account: impl Into<String>, id: impl Into<String>) -> Self {
+        Self {
+            account: account.into(),
+            id: id.into(),
+        }
+    }
+}
+
+/// `account:id`, the form logs and tests use.
+impl fmt::Display for NextHopRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.account, self.id)
+    }
+}
+
+/// Compares with the `account:id` text form.
+impl PartialEq<str> for NextHopRef {
+    fn eq(&self, other: &str) -> bool {
+        other
+            .split_once(':')
+            .is_some_and(|(a, i)| a == self.account && i == self.id)
+    }
+}
+
+impl PartialEq<&str> for NextHopRef {
+    fn eq(&self, other: &&str) -> bool {
+        *self == **other
+    }
+}
+
+impl PartialEq<String> for NextHopRef {
+    fn eq(&self, other: &String) -> bool {
+        *self == *other.as_str()
+    }
+}
+
+/// A late result for a push that was `accepted` (or already `unconfirmed`): correlated by
+/// `(binding, reference)` with the `refs` of the `Outcome::Accepted`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Receipt {
     pub binding: BindingKind,
-    pub reference: String,
+    pub reference: NextHopRef,
     /// `true` delivered, `false` failed at the far end.
     pub delivered: bool,
     pub detail: String,
+    /// How long the store keeps this receipt when no push holds its reference yet (it overtook
+    /// its `submit_sm_resp`): `bindings.wap.receipt_hold_seconds`. Past that it is dropped and
+    /// never settles a push that receives the id later.
+    pub hold: std::time::Duration,
     /// Told once the receipt is committed (or could not be): a binding whose peer redelivers
     /// unacknowledged receipts (SMPP) acknowledges only then, so a crash loses none.
     pub ack: Option<ReceiptAck>,

@@ -5,7 +5,9 @@
 //! * the claim loop — waits for a free worker, claims up to `claim_batch` pushes, spawns one task
 //!   per push; idle, it sleeps until the store's wake-up, the next due time or the poll interval;
 //! * the completion writer — batches attempt outcomes into one store transaction;
-//! * the housekeeper — renews the leases of in-flight pushes, expires pushes whose TTL passed;
+//! * the housekeeper — renews the leases of in-flight pushes, expires pushes whose TTL passed,
+//!   ends `accepted` pushes whose receipt window passed `unconfirmed`, drops orphan receipts
+//!   held longer than their hold window;
 //! * the receipt consumer — applies late receipts from bindings (e.g. SMPP delivery receipts).
 //!
 //! Shutdown: stop claiming, give in-flight attempts `grace` to finish, abort the rest and
@@ -29,7 +31,7 @@ use super::{RetryPolicy, decide, now_ms, pick_binding};
 use crate::{
     binding::{Bindings, Delivery, DeviceBinding, Outcome, Receipt},
     metrics::Metrics,
-    store::{Claimed, Completion, Next, Store},
+    store::{Claimed, Completion, Next, RECEIPT_ORPHAN_DROPPED, Store},
 };
 
 /// Most receipts applied in one store transaction.
@@ -48,7 +50,17 @@ pub struct DispatcherConfig {
     pub grace: Duration,
     /// Upper bound on one attempt; a binding that hangs longer yields a transient failure.
     pub attempt_timeout: Duration,
+    /// `queue.receipt_grace_seconds`: an `accepted` push becomes `unconfirmed` when
+    /// `expires_at` + this passes without a receipt (DESIGN §10.1).
+    pub receipt_grace: Duration,
 }
+
+/// Default of `queue.receipt_grace_seconds` (DESIGN §10.1).
+pub const DEFAULT_RECEIPT_GRACE: Duration = Duration::from_secs(600);
+
+/// Rows one housekeeping sweep changes at most (per kind): small batches keep each write
+/// transaction short, so accepts and completions never wait long behind a sweep.
+const SWEEP_BATCH: u32 = 1000;
 
 pub struct Dispatcher {
     store: Arc<dyn Store>,
@@ -355,7 +367,8 @@ impl Dispatcher {
                     tracing::warn!(message = "Lease renewal failed.", error = %e);
                 }
             }
-            match self.store.expire(now, 1000).await {
+            self.receipt_sweeps(now).await;
+            match self.store.expire(now, SWEEP_BATCH).await {
                 Ok(n) if n > 0 => {
                     tracing::info!(message = "Expired pushes whose TTL passed.", count = n)
                 }
@@ -367,6 +380,42 @@ impl Dispatcher {
                         .inc();
                     tracing::warn!(message = "Expiry sweep failed.", error = %e);
                 }
+            }
+        }
+    }
+
+    /// The receipt window (`accepted` → `unconfirmed`) and the orphan receipt purge.
+    async fn receipt_sweeps(&self, now: i64) {
+        let grace = i64::try_from(self.cfg.receipt_grace.as_millis()).unwrap_or(i64::MAX);
+        match self.store.unconfirm(now, grace, SWEEP_BATCH).await {
+            Ok(n) if n > 0 => {
+                tracing::info!(message = "No receipt within ttl + grace: pushes unconfirmed.", count = n)
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.metrics
+                    .store_errors
+                    .with_label_values(&["unconfirm"])
+                    .inc();
+                tracing::warn!(message = "Receipt window sweep failed.", error = %e);
+            }
+        }
+        match self.store.drop_orphan_receipts(now, SWEEP_BATCH).await {
+            Ok(dropped) => {
+                for (binding, n) in dropped {
+                    tracing::info!(message = "Dropped receipts no push claimed within their hold window.", binding = %binding, count = n);
+                    self.metrics
+                        .receipts
+                        .with_label_values(&[binding.as_str(), RECEIPT_ORPHAN_DROPPED])
+                        .inc_by(n);
+                }
+            }
+            Err(e) => {
+                self.metrics
+                    .store_errors
+                    .with_label_values(&["orphan_receipts"])
+                    .inc();
+                tracing::warn!(message = "Orphan receipt purge failed.", error = %e);
             }
         }
     }
@@ -415,15 +464,16 @@ impl Dispatcher {
             match self.store.apply_receipts(batch, now_ms()).await {
                 Ok(effects) => {
                     for (r, effect) in batch.iter().zip(&effects) {
-                        let label = match effect {
-                            crate::store::ReceiptEffect::Pending => "pending",
-                            crate::store::ReceiptEffect::Partial { .. } => "partial",
-                            crate::store::ReceiptEffect::Finished { .. } => "finished",
-                            crate::store::ReceiptEffect::Ignored { .. } => "ignored",
-                        };
+                        if let crate::store::ReceiptEffect::FellBack { push_id, .. } = effect {
+                            tracing::info!(
+                                message = "Failed receipt: falling back to the next binding.",
+                                push_id = %push_id,
+                                reference = %r.reference,
+                            );
+                        }
                         self.metrics
                             .receipts
-                            .with_label_values(&[r.binding.as_str(), label])
+                            .with_label_values(&[r.binding.as_str(), effect.label()])
                             .inc();
                     }
                     return Ok(());

@@ -15,7 +15,7 @@ use std::{sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{BindingKind, ContentType, DeviceBinding, Receipt};
+use crate::domain::{BindingKind, ContentType, DeviceBinding, NextHopRef, Receipt};
 pub use crate::domain::{Device, DmCredentials, PushState};
 
 mod device_cache;
@@ -136,9 +136,10 @@ pub struct Claimed {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Next {
     Delivered,
-    /// Next hop took it; receipts correlate by these references.
+    /// Next hop took it; receipts correlate by these references. Without references (or
+    /// without a binding to name them) no receipt can come: the push ends `unconfirmed`.
     Accepted {
-        refs: Vec<String>,
+        refs: Vec<NextHopRef>,
     },
     RetryAt {
         at_ms: i64,
@@ -178,7 +179,26 @@ pub enum ReceiptEffect {
     Finished { push_id: String, state: PushState },
     /// The push was already final (duplicate receipt); nothing changed.
     Ignored { push_id: String },
+    /// A failed receipt under `auto`: the push goes on with its next binding (`queued`).
+    FellBack { push_id: String, binding_index: u32 },
 }
+
+impl ReceiptEffect {
+    /// The `effect` label of `dmpushd_receipts_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Partial { .. } => "partial",
+            Self::Finished { .. } => "finished",
+            Self::Ignored { .. } => "ignored",
+            Self::FellBack { .. } => "fell_back",
+        }
+    }
+}
+
+/// The `effect` label of `dmpushd_receipts_total` for receipts that no push claimed within
+/// their hold window and that the housekeeper deleted.
+pub const RECEIPT_ORPHAN_DROPPED: &str = "orphan_dropped";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -335,6 +355,17 @@ pub trait Store: Send + Sync + 'static {
     async fn renew(&self, owner: &str, ids: &[String], until_ms: i64) -> Result<(), StoreError>;
     /// Moves pushes that are waiting (queued/retry_wait) and past their TTL to `expired`.
     async fn expire(&self, now_ms: i64, limit: u32) -> Result<u64, StoreError>;
+    /// Moves up to `limit` `accepted` pushes whose `expires_at + grace_ms` passed without a
+    /// receipt to `unconfirmed` (with an event). Their references stay, so that a late receipt
+    /// still settles them (DESIGN §10.1).
+    async fn unconfirm(&self, now_ms: i64, grace_ms: i64, limit: u32) -> Result<u64, StoreError>;
+    /// Deletes up to `limit` orphan receipts (no push holds their reference) whose hold window
+    /// ended before `now_ms`; returns how many, per binding, for the receipts counter.
+    async fn drop_orphan_receipts(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(BindingKind, u64)>, StoreError>;
     /// Applies delivery receipts in one transaction, in order; one effect per receipt, in the
     /// same order (see [`ReceiptEffect`]). One commit for a burst of receipts: applied one by
     /// one, an SMSC's receipts cost an fsync each.

@@ -1,5 +1,6 @@
-//! The store's rules, once: what a completion does to a push row, how receipts settle a push,
-//! and how a replayed idempotency key is answered.
+//! The store's rules, once: what a completion does to a push row, who holds a next-hop reference,
+//! how receipts settle a push (or send it on to its next binding), how far a collapse key
+//! reaches, and how a replayed idempotency key is answered.
 //!
 //! Pure functions (no I/O, no clock: times come in as parameters). Both implementations read the
 //! rows a rule needs, call the rule, and write what it decided; the SQL differs, the decisions do
@@ -10,8 +11,8 @@ use std::collections::HashMap;
 
 #[cfg(doc)]
 use super::Enqueued;
-use super::{Completion, NewPush, Next, PushState};
-use crate::domain::BindingKind;
+use super::{Completion, NewPush, Next, PushState, ReceiptEffect, to_json};
+use crate::domain::{BindingKind, NextHopRef};
 
 /// An event row to write (the push id is the caller's).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,16 +43,31 @@ pub(crate) struct CompletionEffect<'a> {
     /// The event row written in the same transaction.
     pub event: EventRow,
     /// References to record for receipt correlation (`Accepted` with a binding), sorted and
-    /// without duplicates. After recording them, the push is settled with [`settle`] in case
-    /// receipts overtook the completion.
-    pub refs: Option<(BindingKind, Vec<&'a str>)>,
+    /// without duplicates; each is claimed per [`claim_ref`]. After recording them, the push is
+    /// settled with [`settle`] in case receipts overtook the completion.
+    pub refs: Option<(BindingKind, Vec<&'a NextHopRef>)>,
 }
 
-/// The completion effect (DESIGN §4): `Next` → row change, event and references.
+/// The completion effect (DESIGN §4, §10.1): `Next` → row change, event and references.
+///
+/// `Accepted` with references waits for receipts (`accepted`); without any (a UDP datagram, an
+/// SMS sent without a receipt request, a SIP `202`) no receipt can come, so the push ends
+/// `unconfirmed` at once rather than staying `accepted` for ever.
 pub(crate) fn completion_effect(c: &Completion) -> CompletionEffect<'_> {
+    let refs = match (&c.next, c.binding) {
+        // Without a binding no receipt could ever name these references (receipts carry one).
+        (Next::Accepted { refs }, Some(binding)) if !refs.is_empty() => {
+            let mut uniq: Vec<&NextHopRef> = refs.iter().collect();
+            uniq.sort_unstable();
+            uniq.dedup();
+            Some((binding, uniq))
+        }
+        _ => None,
+    };
     let (state, next_attempt_at, binding_index, attempts_delta) = match &c.next {
         Next::Delivered => (PushState::Delivered, None, None, 0),
-        Next::Accepted { .. } => (PushState::Accepted, None, None, 0),
+        Next::Accepted { .. } if refs.is_some() => (PushState::Accepted, None, None, 0),
+        Next::Accepted { .. } => (PushState::Unconfirmed, None, None, 0),
         Next::RetryAt { at_ms } => (PushState::RetryWait, Some(*at_ms), None, 0),
         // Fallback goes on at once with the next binding.
         Next::Fallback { binding_index } => {
@@ -68,16 +84,6 @@ pub(crate) fn completion_effect(c: &Completion) -> CompletionEffect<'_> {
         c.attempt.saturating_sub(1)
     } else {
         c.attempt
-    };
-    let refs = match (&c.next, c.binding) {
-        // Without a binding no receipt could ever name these references (receipts carry one).
-        (Next::Accepted { refs }, Some(binding)) if !refs.is_empty() => {
-            let mut uniq: Vec<&str> = refs.iter().map(String::as_str).collect();
-            uniq.sort_unstable();
-            uniq.dedup();
-            Some((binding, uniq))
-        }
-        _ => None,
     };
     CompletionEffect {
         state,
@@ -137,40 +143,105 @@ impl RefStatus {
 /// One reference of a push as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct RefRow {
-    pub reference: String,
+    pub reference: NextHopRef,
     pub status: RefStatus,
     /// The receipt's detail (empty while pending).
     pub detail: String,
     pub updated_at_ms: i64,
 }
 
+/// The `push_refs` row a completion meets when it records a reference that is already there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HeldRef {
+    /// `None`: an orphan receipt (it arrived before any push held the id).
+    pub push_id: Option<String>,
+    /// Until when an orphan receipt is kept (`now + receipt hold` at its arrival).
+    pub hold_until_ms: Option<i64>,
+}
+
+/// How a completion records one of its references.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RefClaim {
+    /// Keep the row's receipt (status, detail, time) and make it this push's: an overtaking
+    /// receipt that is still inside its hold window.
+    Adopt,
+    /// The push takes the id afresh: status `pending`, no detail, no hold.
+    Take,
+}
+
+/// Who holds a reference (DESIGN §10.1): an SMSC reuses message ids, so a row that exists when a
+/// push records an id is either a receipt that overtook this very submission (an orphan younger
+/// than the hold window: adopted) or something stale — the id of an earlier push, or an orphan
+/// that waited too long — which must never settle this push: the new push takes the id with
+/// status pending. (The defect this replaces kept the old row's status and finished the new
+/// push from it.)
+pub(crate) fn claim_ref(existing: Option<&HeldRef>, now_ms: i64) -> RefClaim {
+    match existing {
+        Some(HeldRef {
+            push_id: None,
+            hold_until_ms: Some(until),
+        }) if now_ms <= *until => RefClaim::Adopt,
+        _ => RefClaim::Take,
+    }
+}
+
+/// The push as receipt settling needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PushView {
+    pub state: PushState,
+    /// `None` = `auto`.
+    pub binding_choice: Option<BindingKind>,
+    pub binding_index: u32,
+    /// The kinds of the push's bindings snapshot, in order.
+    pub bindings: Vec<BindingKind>,
+    pub expires_at_ms: i64,
+}
+
 /// What the push's references decide.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Settlement {
-    /// The push is not `accepted` (already final, or gone): nothing changes.
+    /// The push is neither `accepted` nor `unconfirmed` (already settled, or gone): nothing
+    /// changes.
     Ignore,
     /// Still waiting for receipts of other references (multi-part SMS).
     Hold,
     /// The push becomes `state`; the event carries `detail`.
     Finish { state: PushState, detail: String },
+    /// A failed receipt under `auto` with another binding left: the push goes back to `queued`
+    /// at once with this binding index, like after any permanent failure.
+    Fallback { binding_index: u32, detail: String },
 }
 
-/// Receipt settling: given the push's current state (`None`: no such row) and all its references
-/// (after the receipt, if any, was recorded), whether the push finishes.
-///
-/// Any failed part fails the push (the message did not arrive whole); all parts delivered deliver
-/// it. The event names the deciding receipt: `trigger` (the reference of the receipt being
-/// applied) when it decided, else the first failure or the last delivery by time — so the detail
-/// is the same on every backend and does not depend on row order.
-pub(crate) fn settle(
-    state: Option<PushState>,
-    refs: &[RefRow],
-    trigger: Option<&str>,
-) -> Settlement {
-    if state != Some(PushState::Accepted) {
-        return Settlement::Ignore;
+impl Settlement {
+    /// Whether the push is settled: its references are then deleted (released), so that the
+    /// SMSC may give the ids to other pushes.
+    pub fn releases_refs(&self) -> bool {
+        matches!(self, Self::Finish { .. } | Self::Fallback { .. })
     }
-    let trigger = trigger.and_then(|t| refs.iter().find(|r| r.reference == t));
+}
+
+/// Receipt settling: given the push (`None`: no such row), the binding its references belong to,
+/// and all its references (after the receipt, if any, was recorded), whether the push finishes.
+///
+/// Only an `accepted` or `unconfirmed` push settles (a late receipt still moves `unconfirmed`).
+/// Any failed part fails the push (the message did not arrive whole); all parts delivered deliver
+/// it. A failure of an `accepted` push under `auto` is a permanent failure of that binding: with
+/// a later binding in the snapshot and the TTL not passed, the push falls back to it
+/// (DESIGN §10.1). The event names the deciding receipt: `trigger` (the reference of the receipt
+/// being applied) when it decided, else the first failure or the last delivery by time — so the
+/// detail is the same on every backend and does not depend on row order.
+pub(crate) fn settle(
+    push: Option<&PushView>,
+    binding: BindingKind,
+    refs: &[RefRow],
+    trigger: Option<&NextHopRef>,
+    now_ms: i64,
+) -> Settlement {
+    let Some(push) = push.filter(|p| matches!(p.state, PushState::Accepted | PushState::Unconfirmed))
+    else {
+        return Settlement::Ignore;
+    };
+    let trigger = trigger.and_then(|t| refs.iter().find(|r| &r.reference == t));
     let by_time = |r: &&RefRow| (r.updated_at_ms, r.reference.clone());
     let (state, decider) = if refs.iter().any(|r| r.status == RefStatus::Failed) {
         let first_failure = refs
@@ -195,7 +266,88 @@ pub(crate) fn settle(
         Some(d) if !d.is_empty() => format!("receipt: {d}"),
         _ => format!("receipt: {state}"),
     };
+    if state == PushState::Failed
+        && let Some((index, kind)) = next_binding(push, binding, now_ms)
+    {
+        return Settlement::Fallback {
+            binding_index: index,
+            detail: format!("{detail}; falling back to {kind}"),
+        };
+    }
     Settlement::Finish { state, detail }
+}
+
+/// The binding after the one that failed, when the push may fall back to it: under `auto`, while
+/// still `accepted` (an `unconfirmed` push is past its TTL) and before the TTL. The failed
+/// binding is the first of its kind at or after `binding_index` (the attempt may have skipped
+/// bindings this gateway does not run).
+fn next_binding(p: &PushView, failed: BindingKind, now_ms: i64) -> Option<(u32, BindingKind)> {
+    if p.binding_choice.is_some() || p.state != PushState::Accepted || now_ms >= p.expires_at_ms {
+        return None;
+    }
+    let start = p.binding_index as usize;
+    let used = start + p.bindings.iter().skip(start).position(|k| *k == failed)?;
+    let next = used + 1;
+    let kind = *p.bindings.get(next)?;
+    Some((u32::try_from(next).ok()?, kind))
+}
+
+/// The event detail of a push that the receipt window sweep makes `unconfirmed`.
+pub(crate) const UNCONFIRMED_DETAIL: &str = "no receipt within ttl + receipt grace";
+
+/// What a receipt did, from what settling its push decided.
+pub(crate) fn receipt_effect(push_id: String, settled: Settlement) -> ReceiptEffect {
+    match settled {
+        Settlement::Ignore => ReceiptEffect::Ignored { push_id },
+        Settlement::Hold => ReceiptEffect::Partial { push_id },
+        Settlement::Finish { state, .. } => ReceiptEffect::Finished { push_id, state },
+        Settlement::Fallback { binding_index, .. } => ReceiptEffect::FellBack {
+            push_id,
+            binding_index,
+        },
+    }
+}
+
+/// Counts of deleted rows per binding (stored binding text; unknown text is skipped).
+pub(crate) fn count_by_binding(
+    bindings: impl IntoIterator<Item = String>,
+) -> Vec<(BindingKind, u64)> {
+    let mut counts: Vec<(BindingKind, u64)> = Vec::new();
+    for kind in bindings.into_iter().filter_map(|b| BindingKind::parse(&b)) {
+        match counts.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((kind, 1)),
+        }
+    }
+    counts
+}
+
+/// How far a collapse key reaches (DESIGN §10.1): a newer push supersedes only pending pushes of
+/// the same tenant and the same device. Inline-binding pushes have no device; their scope is the
+/// exact bindings snapshot (as stored, JSON), i.e. the same target addresses in the same order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum CollapseScope<'a> {
+    Device(&'a str),
+    Inline(String),
+}
+
+pub(crate) fn collapse_scope(p: &NewPush) -> CollapseScope<'_> {
+    match p.device_id.as_deref() {
+        Some(d) => CollapseScope::Device(d),
+        None => CollapseScope::Inline(to_json(&p.bindings)),
+    }
+}
+
+/// The text whose hash names the lock serialising enqueues of one collapse scope and key across
+/// replicas (PostgreSQL advisory lock); `None` without a collapse key. NUL separates the parts
+/// (none of them can contain one after validation), so different triples give different texts.
+pub(crate) fn collapse_lock_key(p: &NewPush) -> Option<String> {
+    let key = p.collapse_key.as_deref()?;
+    let scope = match collapse_scope(p) {
+        CollapseScope::Device(d) => format!("d\u{0}{d}"),
+        CollapseScope::Inline(json) => format!("i\u{0}{json}"),
+    };
+    Some(format!("{}\u{0}{scope}\u{0}{key}", p.tenant))
 }
 
 /// Idempotent replay: a push whose `(tenant, idempotency key)` an earlier push already holds is
@@ -259,7 +411,7 @@ mod tests {
             (Next::Delivered, PushState::Delivered, None, None, 0, 3),
             (
                 Next::Accepted { refs: vec![] },
-                PushState::Accepted,
+                PushState::Unconfirmed,
                 None,
                 None,
                 0,
@@ -309,18 +461,25 @@ mod tests {
 
     #[test]
     fn accepted_refs_are_deduplicated_and_need_a_binding() {
-        let c = completion(Next::Accepted {
-            refs: vec!["b".into(), "a".into(), "b".into()],
-        });
-        assert_eq!(
-            completion_effect(&c).refs,
-            Some((BindingKind::Wap, vec!["a", "b"]))
+        let (a, b, b2) = (
+            NextHopRef::new("s1", "a"),
+            NextHopRef::new("s1", "b"),
+            NextHopRef::new("s2", "b"),
         );
+        let c = completion(Next::Accepted {
+            refs: vec![b2.clone(), b.clone(), a.clone(), b.clone()],
+        });
+        let e = completion_effect(&c);
+        // The same id on two accounts is two references.
+        assert_eq!(e.refs, Some((BindingKind::Wap, vec![&a, &b, &b2])));
+        assert_eq!(e.state, PushState::Accepted);
         let mut c = c;
         c.binding = None;
         let e = completion_effect(&c);
         assert_eq!(e.refs, None);
         assert_eq!(e.last_binding, None);
+        // No binding to name them: no receipt can come.
+        assert_eq!(e.state, PushState::Unconfirmed);
     }
 
     #[test]
@@ -332,7 +491,7 @@ mod tests {
 
     fn r(reference: &str, status: RefStatus, detail: &str, at: i64) -> RefRow {
         RefRow {
-            reference: reference.into(),
+            reference: NextHopRef::new("acct", reference),
             status,
             detail: detail.into(),
             updated_at_ms: at,
@@ -348,12 +507,29 @@ mod tests {
 
     use RefStatus::{Delivered, Failed, Pending};
 
+    fn view(state: PushState, choice: Option<BindingKind>) -> PushView {
+        PushView {
+            state,
+            binding_choice: choice,
+            binding_index: 0,
+            bindings: vec![BindingKind::Wap],
+            expires_at_ms: 1_000,
+        }
+    }
+
+    /// [`super::settle`] for a push with one binding (no fallback possible).
+    fn settle(state: Option<PushState>, refs: &[RefRow], trigger: Option<&str>) -> Settlement {
+        let view = state.map(|s| view(s, None));
+        let trigger = trigger.map(|t| NextHopRef::new("acct", t));
+        super::settle(view.as_ref(), BindingKind::Wap, refs, trigger.as_ref(), 0)
+    }
+
     #[test]
-    fn only_an_accepted_push_settles() {
+    fn only_an_accepted_or_unconfirmed_push_settles() {
         let refs = [r("a", Delivered, "DELIVRD", 1)];
         for s in PushState::ALL {
             let got = settle(Some(s), &refs, Some("a"));
-            if s == PushState::Accepted {
+            if matches!(s, PushState::Accepted | PushState::Unconfirmed) {
                 assert_eq!(got, finish(PushState::Delivered, "receipt: DELIVRD"));
             } else {
                 assert_eq!(got, Settlement::Ignore, "{s}");
@@ -433,6 +609,98 @@ mod tests {
             finish(PushState::Delivered, "receipt: delivered")
         );
         assert_eq!(settle(acc, &[], None), Settlement::Hold);
+    }
+
+    #[test]
+    fn a_failed_receipt_falls_back_under_auto_only() {
+        let (wap, http, sip) = (BindingKind::Wap, BindingKind::Http, BindingKind::Sip);
+        let refs = [r("a", Failed, "SMPP receipt stat:UNDELIV", 1)];
+        let trigger = NextHopRef::new("acct", "a");
+        let mut p = view(PushState::Accepted, None);
+        p.bindings = vec![sip, wap, http];
+        // The attempt skipped SIP (not run here) and used WAP at index 1: next is HTTP at 2.
+        assert_eq!(
+            super::settle(Some(&p), wap, &refs, Some(&trigger), 0),
+            Settlement::Fallback {
+                binding_index: 2,
+                detail: "receipt: SMPP receipt stat:UNDELIV; falling back to http".into()
+            }
+        );
+        let failed = finish(PushState::Failed, "receipt: SMPP receipt stat:UNDELIV");
+        // An explicit binding choice, no binding left, the TTL passed, or already unconfirmed:
+        // the push fails.
+        let mut explicit = p.clone();
+        explicit.binding_choice = Some(wap);
+        let mut last = p.clone();
+        last.bindings = vec![http, wap];
+        let mut late = p.clone();
+        late.state = PushState::Unconfirmed;
+        for (what, v, now) in [
+            ("explicit", &explicit, 0),
+            ("last", &last, 0),
+            ("ttl", &p, 1_000),
+            ("unconfirmed", &late, 0),
+        ] {
+            assert_eq!(
+                super::settle(Some(v), wap, &refs, Some(&trigger), now),
+                failed,
+                "{what}"
+            );
+        }
+        // A delivery never falls back; the releases follow the settlement.
+        let ok = [r("a", Delivered, "DELIVRD", 1)];
+        let got = super::settle(Some(&p), wap, &ok, Some(&trigger), 0);
+        assert_eq!(got, finish(PushState::Delivered, "receipt: DELIVRD"));
+        assert!(got.releases_refs());
+        assert!(!Settlement::Hold.releases_refs());
+        assert!(!Settlement::Ignore.releases_refs());
+    }
+
+    #[test]
+    fn a_recorded_reference_adopts_only_a_fresh_orphan() {
+        let orphan = |until| HeldRef {
+            push_id: None,
+            hold_until_ms: Some(until),
+        };
+        assert_eq!(claim_ref(None, 100), RefClaim::Take);
+        // An overtaking receipt inside its hold window (the bound is inclusive).
+        assert_eq!(claim_ref(Some(&orphan(100)), 100), RefClaim::Adopt);
+        assert_eq!(claim_ref(Some(&orphan(200)), 100), RefClaim::Adopt);
+        // Held too long: never settles a push that gets the id later.
+        assert_eq!(claim_ref(Some(&orphan(99)), 100), RefClaim::Take);
+        // The id of another push (settled or not): the new push takes it, pending.
+        let held = HeldRef {
+            push_id: Some("p0".into()),
+            hold_until_ms: None,
+        };
+        assert_eq!(claim_ref(Some(&held), 100), RefClaim::Take);
+        let odd = HeldRef {
+            push_id: None,
+            hold_until_ms: None,
+        };
+        assert_eq!(claim_ref(Some(&odd), 100), RefClaim::Take);
+    }
+
+    #[test]
+    fn collapse_scope_is_the_device_or_the_inline_snapshot() {
+        let mut a = new_push("1", "t", None);
+        a.collapse_key = Some("wake".into());
+        a.device_id = Some("dev-a".into());
+        let mut b = a.clone();
+        b.device_id = Some("dev-b".into());
+        assert_eq!(collapse_scope(&a), CollapseScope::Device("dev-a"));
+        assert_ne!(collapse_lock_key(&a), collapse_lock_key(&b));
+        let mut other_tenant = a.clone();
+        other_tenant.tenant = "u".into();
+        assert_ne!(collapse_lock_key(&a), collapse_lock_key(&other_tenant));
+        let mut inline = a.clone();
+        inline.device_id = None;
+        assert_eq!(collapse_scope(&inline), CollapseScope::Inline("[]".into()));
+        assert_ne!(collapse_lock_key(&a), collapse_lock_key(&inline));
+        let mut no_key = a.clone();
+        no_key.collapse_key = None;
+        assert_eq!(collapse_lock_key(&no_key), None);
+        assert_eq!(collapse_lock_key(&a), collapse_lock_key(&a.clone()));
     }
 
     #[test]

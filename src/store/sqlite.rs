@@ -20,10 +20,13 @@ use super::{
     CancelResult, Claimed, Completion, Device, DeviceCache, Enqueued, NewPush, PushEvent,
     PushFilter, PushRecord, PushState, ReceiptEffect, Store, StoreError, StoreOptions, from_json,
     parse_binding, parse_content_type, parse_state,
-    rules::{self, FirstByKey, RefRow, RefStatus, Settlement, is_same_request},
+    rules::{
+        self, CollapseScope, FirstByKey, HeldRef, PushView, RefClaim, RefRow, RefStatus,
+        Settlement, is_same_request,
+    },
     to_json,
 };
-use crate::domain::{BindingKind, Receipt};
+use crate::domain::{BindingKind, DeviceBinding, NextHopRef, Receipt};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -187,7 +190,7 @@ async fn commit_batch(pool: &SqlitePool, pushes: &[NewPush]) -> Result<Vec<Enque
             // with the same collapse key is superseded too.
             insert_pushes(&mut tx, &plain).await?;
             plain.clear();
-            supersede(&mut tx, &p.tenant, ck, &p.id, p.created_at_ms).await?;
+            supersede(&mut tx, p, ck).await?;
         }
         plain.push(p);
         answers.push(Answer::Created);
@@ -218,21 +221,29 @@ async fn commit_batch(pool: &SqlitePool, pushes: &[NewPush]) -> Result<Vec<Enque
     Ok(results)
 }
 
+/// Supersedes the pending pushes that `p`'s collapse key reaches ([`rules::collapse_scope`]).
 async fn supersede(
     tx: &mut Transaction<'_, Sqlite>,
-    tenant: &str,
+    p: &NewPush,
     collapse_key: &str,
-    by: &str,
-    now_ms: i64,
 ) -> Result<(), StoreError> {
+    let (device, snapshot) = match rules::collapse_scope(p) {
+        CollapseScope::Device(d) => (Some(d), None),
+        CollapseScope::Inline(json) => (None, Some(json)),
+    };
+    let now_ms = p.created_at_ms;
     let ids: Vec<(String, i64)> = sqlx::query_as(
         "UPDATE pushes SET state = 'superseded', updated_at = ?1
          WHERE tenant = ?2 AND collapse_key = ?3 AND state IN ('queued', 'retry_wait')
+           AND ((?4 IS NOT NULL AND device_id = ?4)
+                OR (?4 IS NULL AND device_id IS NULL AND bindings = ?5))
          RETURNING id, attempts",
     )
     .bind(now_ms)
-    .bind(tenant)
+    .bind(&p.tenant)
     .bind(collapse_key)
+    .bind(device)
+    .bind(snapshot)
     .fetch_all(&mut **tx)
     .await?;
     for (id, attempts) in ids {
@@ -243,7 +254,7 @@ async fn supersede(
             PushState::Superseded,
             None,
             attempts as u32,
-            &format!("superseded by {by}"),
+            &format!("superseded by {}", p.id),
         )
         .await?;
     }
@@ -323,43 +334,146 @@ async fn insert_event(
     Ok(())
 }
 
-/// Reads the push's references, applies [`rules::settle`], and writes the final state and its
-/// event when the references decide one.
+/// Reads the push and its references, applies [`rules::settle`], and writes what it decides:
+/// the final state (or the fallback to the next binding) and its event, and the release of the
+/// push's references once it is settled.
 async fn settle(
     tx: &mut Transaction<'_, Sqlite>,
     push_id: &str,
-    state: Option<PushState>,
-    binding: Option<BindingKind>,
-    attempt: u32,
+    binding: BindingKind,
     at_ms: i64,
-    trigger: Option<&str>,
+    trigger: Option<&NextHopRef>,
 ) -> Result<Settlement, StoreError> {
-    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-        "SELECT reference, status, detail, updated_at FROM push_refs WHERE push_id = ?",
+    let row = sqlx::query(
+        "SELECT state, attempts, binding_choice, binding_index, bindings, expires_at
+         FROM pushes WHERE id = ?",
+    )
+    .bind(push_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let (view, attempts) = match row {
+        Some(r) => {
+            let bindings: Vec<DeviceBinding> =
+                from_json(&r.try_get::<String, _>("bindings")?, "push bindings")?;
+            let view = PushView {
+                state: parse_state(&r.try_get::<String, _>("state")?)?,
+                binding_choice: parse_binding(r.try_get("binding_choice")?, "binding_choice")?,
+                binding_index: u32::try_from(r.try_get::<i64, _>("binding_index")?).unwrap_or(0),
+                bindings: bindings.iter().map(DeviceBinding::kind).collect(),
+                expires_at_ms: r.try_get("expires_at")?,
+            };
+            let attempts = u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0);
+            (Some(view), attempts)
+        }
+        None => (None, 0),
+    };
+    let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+        "SELECT account, reference, status, detail, updated_at FROM push_refs WHERE push_id = ?",
     )
     .bind(push_id)
     .fetch_all(&mut **tx)
     .await?;
     let refs: Vec<RefRow> = rows
         .into_iter()
-        .map(|(reference, status, detail, updated_at_ms)| RefRow {
-            reference,
+        .map(|(account, id, status, detail, updated_at_ms)| RefRow {
+            reference: NextHopRef { account, id },
             status: RefStatus::parse(&status),
             detail,
             updated_at_ms,
         })
         .collect();
-    let settlement = rules::settle(state, &refs, trigger);
-    if let Settlement::Finish { state, detail } = &settlement {
-        sqlx::query("UPDATE pushes SET state = ?1, updated_at = ?2 WHERE id = ?3")
-            .bind(state.as_str())
+    let settlement = rules::settle(view.as_ref(), binding, &refs, trigger, at_ms);
+    match &settlement {
+        Settlement::Finish { state, detail } => {
+            sqlx::query("UPDATE pushes SET state = ?1, updated_at = ?2 WHERE id = ?3")
+                .bind(state.as_str())
+                .bind(at_ms)
+                .bind(push_id)
+                .execute(&mut **tx)
+                .await?;
+            insert_event(tx, push_id, at_ms, *state, Some(binding), attempts, detail).await?;
+        }
+        Settlement::Fallback {
+            binding_index,
+            detail,
+        } => {
+            sqlx::query(
+                "UPDATE pushes SET state = 'queued', binding_index = ?1, next_attempt_at = ?2,
+                     updated_at = ?2 WHERE id = ?3",
+            )
+            .bind(i64::from(*binding_index))
             .bind(at_ms)
             .bind(push_id)
             .execute(&mut **tx)
             .await?;
-        insert_event(tx, push_id, at_ms, *state, binding, attempt, detail).await?;
+            insert_event(
+                tx,
+                push_id,
+                at_ms,
+                PushState::Queued,
+                Some(binding),
+                attempts,
+                detail,
+            )
+            .await?;
+        }
+        Settlement::Ignore | Settlement::Hold => {}
+    }
+    if settlement.releases_refs() {
+        sqlx::query("DELETE FROM push_refs WHERE push_id = ?")
+            .bind(push_id)
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(settlement)
+}
+
+/// Records `push_id`'s references per [`rules::claim_ref`].
+async fn record_refs(
+    tx: &mut Transaction<'_, Sqlite>,
+    push_id: &str,
+    binding: BindingKind,
+    refs: &[&NextHopRef],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    for r in refs {
+        let existing: Option<(Option<String>, Option<i64>)> = sqlx::query_as(
+            "SELECT push_id, hold_until FROM push_refs
+             WHERE binding = ? AND account = ? AND reference = ?",
+        )
+        .bind(binding.as_str())
+        .bind(&r.account)
+        .bind(&r.id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let existing = existing.map(|(push_id, hold_until_ms)| HeldRef {
+            push_id,
+            hold_until_ms,
+        });
+        let sql = match rules::claim_ref(existing.as_ref(), now_ms) {
+            RefClaim::Adopt => {
+                "UPDATE push_refs SET push_id = ?4, hold_until = NULL
+                 WHERE binding = ?1 AND account = ?2 AND reference = ?3"
+            }
+            RefClaim::Take => {
+                "INSERT INTO push_refs
+                     (binding, account, reference, push_id, status, detail, updated_at, hold_until)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', '', ?5, NULL)
+                 ON CONFLICT (binding, account, reference) DO UPDATE SET
+                     push_id = excluded.push_id, status = 'pending', detail = '',
+                     updated_at = excluded.updated_at, hold_until = NULL"
+            }
+        };
+        sqlx::query(sql)
+            .bind(binding.as_str())
+            .bind(&r.account)
+            .bind(&r.id)
+            .bind(push_id)
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 fn device_from_row(r: &SqliteRow) -> Result<Device, StoreError> {
@@ -669,6 +783,7 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut tx = self.write.begin().await?;
+        let mut fell_back = false;
         for c in &batch {
             let e = rules::completion_effect(c);
             let r = sqlx::query(
@@ -698,34 +813,17 @@ impl Store for SqliteStore {
             )
             .await?;
             if let Some((binding, refs)) = &e.refs {
-                for reference in refs {
-                    sqlx::query(
-                        "INSERT INTO push_refs (binding, reference, push_id, status, updated_at)
-                         VALUES (?1, ?2, ?3, 'pending', ?4)
-                         ON CONFLICT (binding, reference) DO UPDATE SET push_id = excluded.push_id",
-                    )
-                    .bind(binding.as_str())
-                    .bind(reference)
-                    .bind(&c.push_id)
-                    .bind(c.at_ms)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                record_refs(&mut tx, &c.push_id, *binding, refs, c.at_ms).await?;
                 // Receipts may have overtaken this completion. The push was just made
                 // `accepted` by it, in this transaction.
-                settle(
-                    &mut tx,
-                    &c.push_id,
-                    Some(e.state),
-                    Some(*binding),
-                    c.attempt,
-                    c.at_ms,
-                    None,
-                )
-                .await?;
+                let settled = settle(&mut tx, &c.push_id, *binding, c.at_ms, None).await?;
+                fell_back |= matches!(settled, Settlement::Fallback { .. });
             }
         }
         tx.commit().await?;
+        if fell_back {
+            self.wakeup.notify_one();
+        }
         Ok(())
     }
 
@@ -787,7 +885,62 @@ impl Store for SqliteStore {
             effects.push(receipt_in(&mut tx, r, now_ms).await?);
         }
         tx.commit().await?;
+        if effects
+            .iter()
+            .any(|e| matches!(e, ReceiptEffect::FellBack { .. }))
+        {
+            self.wakeup.notify_one();
+        }
         Ok(effects)
+    }
+
+    async fn unconfirm(&self, now_ms: i64, grace_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let rows: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+            "UPDATE pushes SET state = 'unconfirmed', updated_at = ?1
+             WHERE id IN (SELECT id FROM pushes INDEXED BY pushes_receipt_wait
+                          WHERE state = 'accepted' AND expires_at <= ?1 - ?2 LIMIT ?3)
+             RETURNING id, attempts, last_binding",
+        )
+        .bind(now_ms)
+        .bind(grace_ms)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id, attempts, binding) in &rows {
+            let binding = binding.as_deref().and_then(BindingKind::parse);
+            insert_event(
+                &mut tx,
+                id,
+                now_ms,
+                PushState::Unconfirmed,
+                binding,
+                *attempts as u32,
+                rules::UNCONFIRMED_DETAIL,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn drop_orphan_receipts(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(BindingKind, u64)>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "DELETE FROM push_refs
+             WHERE (binding, account, reference) IN (
+                 SELECT binding, account, reference FROM push_refs INDEXED BY push_refs_orphan
+                  WHERE push_id IS NULL AND hold_until < ?1 LIMIT ?2)
+             RETURNING binding",
+        )
+        .bind(now_ms)
+        .bind(limit as i64)
+        .fetch_all(&self.write)
+        .await?;
+        Ok(rules::count_by_binding(rows.into_iter().map(|(b,)| b)))
     }
 
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
@@ -819,52 +972,36 @@ impl Store for SqliteStore {
     }
 }
 
-/// One receipt inside the caller's transaction.
+/// One receipt inside the caller's transaction: recorded on the row of its reference (an orphan
+/// row, held until `now + hold`, when no push holds the id), then the holder is settled.
 async fn receipt_in(
     tx: &mut Transaction<'static, Sqlite>,
     r: &Receipt,
     now_ms: i64,
 ) -> Result<ReceiptEffect, StoreError> {
+    let hold_until = now_ms.saturating_add(i64::try_from(r.hold.as_millis()).unwrap_or(i64::MAX));
     let push_id: Option<Option<String>> = sqlx::query_scalar(
-        "INSERT INTO push_refs (binding, reference, push_id, status, detail, updated_at)
-         VALUES (?1, ?2, NULL, ?3, ?4, ?5)
-         ON CONFLICT (binding, reference) DO UPDATE SET status = excluded.status,
+        "INSERT INTO push_refs
+             (binding, account, reference, push_id, status, detail, updated_at, hold_until)
+         VALUES (?1, ?2, ?3, NULL, ?4, ?5, ?6, ?7)
+         ON CONFLICT (binding, account, reference) DO UPDATE SET status = excluded.status,
              detail = excluded.detail, updated_at = excluded.updated_at
          RETURNING push_id",
     )
     .bind(r.binding.as_str())
-    .bind(&r.reference)
+    .bind(&r.reference.account)
+    .bind(&r.reference.id)
     .bind(RefStatus::of_receipt(r.delivered).as_str())
     .bind(&r.detail)
     .bind(now_ms)
+    .bind(hold_until)
     .fetch_optional(&mut **tx)
     .await?;
     let Some(push_id) = push_id.flatten() else {
-        // Overtook the completion: kept, applied when the Accepted completion names it.
+        // Overtook the completion: kept (at most `hold`), applied when the Accepted completion
+        // names it.
         return Ok(ReceiptEffect::Pending);
     };
-    let row: Option<(String, i64)> =
-        sqlx::query_as("SELECT state, attempts FROM pushes WHERE id = ?")
-            .bind(&push_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-    let (state, attempts) = match row {
-        Some((s, a)) => (Some(parse_state(&s)?), u32::try_from(a).unwrap_or(0)),
-        None => (None, 0),
-    };
-    let settled = settle(
-        tx,
-        &push_id,
-        state,
-        Some(r.binding),
-        attempts,
-        now_ms,
-        Some(&r.reference),
-    )
-    .await?;
-    Ok(match settled {
-        Settlement::Ignore => ReceiptEffect::Ignored { push_id },
-        Settlement::Hold => ReceiptEffect::Partial { push_id },
-        Settlement::Finish { state, .. } => ReceiptEffect::Finished { push_id, state },
-    })
+    let settled = settle(tx, &push_id, r.binding, now_ms, Some(&r.reference)).await?;
+    Ok(rules::receipt_effect(push_id, settled))
 }

@@ -58,6 +58,10 @@ pub struct WapConfig {
     pub ambiguous: AmbiguousPolicy,
     /// Upper bound on one `deliver` call (queueing for the window + all submit_sm_resp).
     pub deliver_timeout_ms: u64,
+    /// Seconds a delivery receipt whose message id no push holds yet (it overtook its
+    /// `submit_sm_resp`) is kept; then it is dropped and counted, and never settles a push that
+    /// receives the id later (DESIGN §10.1).
+    pub receipt_hold_seconds: u64,
     pub smsc: Vec<SmscConfig>,
 }
 
@@ -77,6 +81,7 @@ impl Default for WapConfig {
             udp_default_port: sms::PORT_WAP_PUSH,
             ambiguous: AmbiguousPolicy::Resend,
             deliver_timeout_ms: 90_000,
+            receipt_hold_seconds: crate::domain::DEFAULT_RECEIPT_HOLD.as_secs(),
             smsc: Vec::new(),
         }
     }

@@ -9,7 +9,7 @@ use super::plan::{EncodeError, Plan, plan};
 use super::{
     AmbiguousPolicy, PortAddressing, SegResult, SmscConfig, ValidityMode, WapBinding, session,
 };
-use crate::binding::{Delivery, Outcome};
+use crate::binding::{Delivery, NextHopRef, Outcome};
 use crate::codec::{
     smpp::{self, tag},
     sms,
@@ -142,7 +142,10 @@ impl WapBinding {
         for r in results {
             match r {
                 SegResult::Accepted(id) => {
-                    refs.push(format!("{}:{}", s.name, smpp::normalise_id(&id, false)))
+                    refs.push(NextHopRef::new(
+                        s.name.clone(),
+                        smpp::normalise_id(&id, false),
+                    ))
                 }
                 SegResult::Rejected(code) => {
                     let why = format!(

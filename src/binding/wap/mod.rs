@@ -4,7 +4,8 @@
 //! Anatomy: config ([`WapConfig`]) → encode ([`encode_units`]: WSP PDU, then SMS segments with
 //! UDH or one UDP datagram) → transport (SMPP session tasks in [`session`], or a UDP socket) →
 //! [`Outcome`]. Delivery receipts from the SMSCs go to `BindingContext::receipts` with the same
-//! canonical reference as the `refs` of [`Outcome::Accepted`]: `"<smsc name>:<message id>"`.
+//! canonical reference as the `refs` of [`Outcome::Accepted`]: a `NextHopRef` of the SMSC's
+//! `name` (the account) and the normalised message id.
 //!
 //! Layout: [`config`] (settings), [`plan`](mod@plan) (pure planning shared by delivery, preview and
 //! `encode`), `deliver` (SMPP / UDP delivery and outcome mapping), [`session`] (SMPP session
@@ -20,7 +21,10 @@ pub use config::{AmbiguousPolicy, AppIdForm, WapConfig};
 pub use plan::{EncodeError, Plan, compile_xml, encode_units, plan, route, wsp_pdu};
 pub use session::{PortAddressing, SegResult, SmscConfig, ValidityMode};
 
-use std::sync::{Arc, atomic::AtomicU16};
+use std::{
+    sync::{Arc, atomic::AtomicU16},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use futures_util::{FutureExt, future::BoxFuture};
@@ -142,6 +146,7 @@ pub async fn build_wap(
                 tls,
                 metrics.clone(),
                 ctx.receipts.clone(),
+                Duration::from_secs(cfg.receipt_hold_seconds),
                 ctx.shutdown.clone(),
             )
         })

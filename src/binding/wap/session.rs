@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::SmppMetrics;
 use crate::{
-    binding::{BindingKind, Receipt, ReceiptAck},
+    binding::{BindingKind, NextHopRef, Receipt, ReceiptAck},
     codec::smpp::{
         self,
         esme::{self, Answer, Dead, Esme, Event, ReceiptToken, SubmitError},
@@ -245,6 +245,7 @@ pub fn spawn(
     tls: Option<Tls>,
     metrics: SmppMetrics,
     receipts: mpsc::Sender<Receipt>,
+    receipt_hold: Duration,
     shutdown: CancellationToken,
 ) -> SmscHandle {
     let cfg = Arc::new(cfg);
@@ -256,6 +257,7 @@ pub fn spawn(
         tls,
         metrics,
         receipts,
+        receipt_hold,
         shutdown,
         bound: bound.clone(),
         rx,
@@ -270,6 +272,8 @@ struct Session {
     tls: Option<Tls>,
     metrics: SmppMetrics,
     receipts: mpsc::Sender<Receipt>,
+    /// `bindings.wap.receipt_hold_seconds`, carried by each receipt to the store.
+    receipt_hold: Duration,
     shutdown: CancellationToken,
     bound: Arc<AtomicBool>,
     rx: mpsc::Receiver<SubmitReq>,
@@ -453,9 +457,10 @@ impl Session {
                         let (Some(token), Some(delivered)) = (token, receipt.delivered) else {
                             continue;
                         };
-                        let reference = format!(
-                            "{name}:{}",
-                            smpp::normalise_id(&receipt.message_id, cfg.receipt_id_decimal)
+                        // Ids are unique only per SMSC account: the account is part of the key.
+                        let reference = NextHopRef::new(
+                            name.clone(),
+                            smpp::normalise_id(&receipt.message_id, cfg.receipt_id_decimal),
                         );
                         // Acknowledged only once the receipt is committed: if we die first,
                         // the SMSC delivers it again (after a rebind). A full channel slows
@@ -466,6 +471,7 @@ impl Session {
                             reference,
                             delivered,
                             detail: format!("SMPP receipt stat:{}", receipt.state),
+                            hold: self.receipt_hold,
                             ack: Some(ack),
                         };
                         tokio::select! {

@@ -8,10 +8,12 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::sync::Notify;
 
 use super::{Events, WAKEUP_CHANNEL, i32_of};
-use crate::domain::{BindingKind, Receipt};
+use crate::domain::{BindingKind, DeviceBinding, NextHopRef, Receipt};
 use crate::store::{
-    Completion, PushState, ReceiptEffect, StoreError, parse_state,
-    rules::{self, CompletionEffect, RefRow, RefStatus, Settlement},
+    Completion, PushState, ReceiptEffect, StoreError, from_json, parse_binding, parse_state,
+    rules::{
+        self, CompletionEffect, HeldRef, PushView, RefClaim, RefRow, RefStatus, Settlement,
+    },
 };
 
 /// Completions as columns for one `UPDATE … FROM UNNEST(…)`.
@@ -130,7 +132,7 @@ pub(super) async fn complete(
     // Events first: a push's `accepted` event must precede the event of a receipt that
     // overtook it and settles it below.
     events.flush(&mut tx).await?;
-    record_refs(&mut tx, &accepted).await?;
+    due_now |= record_refs(&mut tx, &accepted).await?;
     if due_now {
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(WAKEUP_CHANNEL)
@@ -148,127 +150,286 @@ pub(super) async fn complete(
 struct Accepted<'a> {
     completion: &'a Completion,
     binding: BindingKind,
-    refs: &'a [&'a str],
+    refs: &'a [&'a NextHopRef],
 }
 
-/// Stores the references of `Accepted` completions (one statement for the batch) and settles the
-/// pushes whose receipts arrived before their completion.
+/// Key columns of `push_refs` rows, for `UNNEST`.
+#[derive(Default)]
+struct RefCols {
+    binding: Vec<&'static str>,
+    account: Vec<String>,
+    reference: Vec<String>,
+    push_id: Vec<String>,
+    at: Vec<i64>,
+}
+
+impl RefCols {
+    fn add(&mut self, binding: BindingKind, r: &NextHopRef, push_id: &str, at: i64) {
+        self.binding.push(binding.as_str());
+        self.account.push(r.account.clone());
+        self.reference.push(r.id.clone());
+        self.push_id.push(push_id.to_owned());
+        self.at.push(at);
+    }
+}
+
+/// Stores the references of `Accepted` completions per [`rules::claim_ref`] and settles the
+/// pushes that adopted receipts which overtook their completion. `true` when one of them fell
+/// back (it is due now).
+///
+/// Race-free against receipts committed by other transactions: new rows are inserted with
+/// `ON CONFLICT DO NOTHING` (waiting for a concurrent inserter), and the rows that already exist
+/// are locked (`FOR UPDATE`) before the rule reads them.
 async fn record_refs(
     tx: &mut Transaction<'static, Postgres>,
     accepted: &[Accepted<'_>],
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     if accepted.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
-    const INSERT: &str = "INSERT INTO push_refs (binding, reference, push_id, status, detail, updated_at) \
-         SELECT b, r, p, 'pending', '', t \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[]) AS x(b, r, p, t) \
-         ON CONFLICT (binding, reference) DO UPDATE SET push_id = EXCLUDED.push_id \
-         RETURNING push_id, status";
-    type Cols = (Vec<&'static str>, Vec<String>, Vec<String>, Vec<i64>);
-    let cols = |items: &[Accepted<'_>]| -> Cols {
-        let mut cols: Cols = Default::default();
-        for a in items {
-            for r in a.refs {
-                cols.0.push(a.binding.as_str());
-                cols.1.push((*r).to_owned());
-                cols.2.push(a.completion.push_id.clone());
-                cols.3.push(a.completion.at_ms);
-            }
-        }
-        cols
-    };
     let mut seen = HashSet::new();
-    let unique = accepted
-        .iter()
-        .all(|a| a.refs.iter().all(|r| seen.insert((a.binding, *r))));
+    let unique = accepted.iter().all(|a| {
+        a.refs
+            .iter()
+            .all(|r| seen.insert((a.binding, r.account.as_str(), r.id.as_str())))
+    });
     let groups: Vec<&[Accepted<'_>]> = if unique {
         vec![accepted]
     } else {
-        // A reference named by two pushes of one batch: one statement per push, in order (one
-        // INSERT … ON CONFLICT cannot change a row twice).
+        // A reference named by two pushes of one batch: one round per push, in order, so that
+        // the later push takes the id from the earlier one.
         accepted.chunks(1).collect()
     };
-    let mut overtaken = HashSet::new();
+    let mut adopted = HashSet::new();
     for g in groups {
-        let (b, r, p, t) = cols(g);
-        let rows: Vec<(String, String)> = sqlx::query_as(INSERT)
-            .bind(b)
-            .bind(r)
-            .bind(p)
-            .bind(t)
-            .fetch_all(&mut **tx)
-            .await?;
-        // Keep a status set by a receipt that overtook this completion.
-        overtaken.extend(
-            rows.into_iter()
-                .filter(|(_, status)| RefStatus::parse(status) != RefStatus::Pending)
-                .map(|(push_id, _)| push_id),
-        );
-    }
-    for a in accepted {
-        let c = a.completion;
-        if overtaken.remove(&c.push_id) {
-            // Just made `accepted` by this completion (inside this transaction).
-            settle(
-                tx,
-                &c.push_id,
-                Some(PushState::Accepted),
-                Some(a.binding),
-                c.attempt,
-                c.at_ms,
-                None,
-            )
-            .await?;
+        let mut all = RefCols::default();
+        for a in g {
+            for r in a.refs {
+                all.add(a.binding, r, &a.completion.push_id, a.completion.at_ms);
+            }
+        }
+        let inserted: HashSet<(String, String, String)> = sqlx::query_as(
+            "INSERT INTO push_refs \
+                 (binding, account, reference, push_id, status, detail, updated_at, hold_until) \
+             SELECT b, a, r, p, 'pending', '', t, NULL \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) \
+                 AS x(b, a, r, p, t) \
+             ON CONFLICT (binding, account, reference) DO NOTHING \
+             RETURNING binding, account, reference",
+        )
+        .bind(&all.binding)
+        .bind(&all.account)
+        .bind(&all.reference)
+        .bind(&all.push_id)
+        .bind(&all.at)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect();
+        if inserted.len() == all.binding.len() {
+            continue;
+        }
+        // The rows that were there: lock them, then decide per row.
+        let mut rest = RefCols::default();
+        for a in g {
+            for r in a.refs {
+                let key = (a.binding.as_str().to_owned(), r.account.clone(), r.id.clone());
+                if !inserted.contains(&key) {
+                    rest.add(a.binding, r, &a.completion.push_id, a.completion.at_ms);
+                }
+            }
+        }
+        let rows = sqlx::query(
+            "SELECT binding, account, reference, push_id, hold_until FROM push_refs \
+             WHERE (binding, account, reference) IN \
+                 (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])) \
+             ORDER BY binding, account, reference FOR UPDATE",
+        )
+        .bind(&rest.binding)
+        .bind(&rest.account)
+        .bind(&rest.reference)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut held = std::collections::HashMap::new();
+        for r in rows {
+            let key: (String, String, String) = (
+                r.try_get("binding")?,
+                r.try_get("account")?,
+                r.try_get("reference")?,
+            );
+            held.insert(
+                key,
+                HeldRef {
+                    push_id: r.try_get("push_id")?,
+                    hold_until_ms: r.try_get("hold_until")?,
+                },
+            );
+        }
+        let (mut adopt, mut take) = (RefCols::default(), RefCols::default());
+        for i in 0..rest.binding.len() {
+            let key = (
+                rest.binding[i].to_owned(),
+                rest.account[i].clone(),
+                rest.reference[i].clone(),
+            );
+            let into = match rules::claim_ref(held.get(&key), rest.at[i]) {
+                RefClaim::Adopt => {
+                    adopted.insert(rest.push_id[i].clone());
+                    &mut adopt
+                }
+                RefClaim::Take => &mut take,
+            };
+            into.binding.push(rest.binding[i]);
+            into.account.push(rest.account[i].clone());
+            into.reference.push(rest.reference[i].clone());
+            into.push_id.push(rest.push_id[i].clone());
+            into.at.push(rest.at[i]);
+        }
+        for (cols, sql) in [
+            (
+                adopt,
+                "UPDATE push_refs x SET push_id = u.p, hold_until = NULL \
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) \
+                     AS u(b, a, r, p, t) \
+                 WHERE x.binding = u.b AND x.account = u.a AND x.reference = u.r",
+            ),
+            (
+                take,
+                "INSERT INTO push_refs \
+                     (binding, account, reference, push_id, status, detail, updated_at, hold_until) \
+                 SELECT b, a, r, p, 'pending', '', t, NULL \
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) \
+                     AS u(b, a, r, p, t) \
+                 ON CONFLICT (binding, account, reference) DO UPDATE SET \
+                     push_id = EXCLUDED.push_id, status = 'pending', detail = '', \
+                     updated_at = EXCLUDED.updated_at, hold_until = NULL",
+            ),
+        ] {
+            if cols.binding.is_empty() {
+                continue;
+            }
+            sqlx::query(sql)
+                .bind(cols.binding)
+                .bind(cols.account)
+                .bind(cols.reference)
+                .bind(cols.push_id)
+                .bind(cols.at)
+                .execute(&mut **tx)
+                .await?;
         }
     }
-    Ok(())
+    let mut fell_back = false;
+    for a in accepted {
+        let c = a.completion;
+        if adopted.remove(&c.push_id) {
+            // Just made `accepted` by this completion (inside this transaction).
+            let settled = settle(tx, &c.push_id, a.binding, c.at_ms, None).await?;
+            fell_back |= matches!(settled, Settlement::Fallback { .. });
+        }
+    }
+    Ok(fell_back)
 }
 
-/// Reads the push's references, applies [`rules::settle`], and writes the final state and its
-/// event when the references decide one.
+/// Reads (and locks) the push and its references, applies [`rules::settle`], and writes what it
+/// decides: the final state (or the fallback to the next binding) and its event, and the release
+/// of the push's references once it is settled.
 async fn settle(
     tx: &mut Transaction<'static, Postgres>,
     push_id: &str,
-    state: Option<PushState>,
-    binding: Option<BindingKind>,
-    attempt: u32,
+    binding: BindingKind,
     at_ms: i64,
-    trigger: Option<&str>,
+    trigger: Option<&NextHopRef>,
 ) -> Result<Settlement, StoreError> {
+    // Locked so that receipts for two parts of one push settle it once.
+    let row = sqlx::query(
+        "SELECT state, attempts, binding_choice, binding_index, bindings, expires_at \
+         FROM pushes WHERE id = $1 FOR UPDATE",
+    )
+    .bind(push_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let (view, attempts) = match row {
+        Some(r) => {
+            let bindings: Vec<DeviceBinding> =
+                from_json(r.try_get("bindings")?, "push bindings")?;
+            let view = PushView {
+                state: parse_state(r.try_get("state")?)?,
+                binding_choice: parse_binding(r.try_get("binding_choice")?, "binding_choice")?,
+                binding_index: super::u32_of(r.try_get("binding_index")?, "binding_index")?,
+                bindings: bindings.iter().map(DeviceBinding::kind).collect(),
+                expires_at_ms: r.try_get("expires_at")?,
+            };
+            (Some(view), super::u32_of(r.try_get("attempts")?, "attempts")?)
+        }
+        None => (None, 0),
+    };
     let mut refs = Vec::new();
     for r in sqlx::query(
-        "SELECT reference, status, detail, updated_at FROM push_refs WHERE push_id = $1",
+        "SELECT account, reference, status, detail, updated_at FROM push_refs WHERE push_id = $1",
     )
     .bind(push_id)
     .fetch_all(&mut **tx)
     .await?
     {
         refs.push(RefRow {
-            reference: r.try_get("reference")?,
+            reference: NextHopRef {
+                account: r.try_get("account")?,
+                id: r.try_get("reference")?,
+            },
             status: RefStatus::parse(r.try_get("status")?),
             detail: r.try_get("detail")?,
             updated_at_ms: r.try_get("updated_at")?,
         });
     }
-    let settlement = rules::settle(state, &refs, trigger);
-    if let Settlement::Finish { state, detail } = &settlement {
-        sqlx::query("UPDATE pushes SET state = $2, updated_at = $3 WHERE id = $1")
+    let settlement = rules::settle(view.as_ref(), binding, &refs, trigger, at_ms);
+    let mut ev = Events::default();
+    match &settlement {
+        Settlement::Finish { state, detail } => {
+            sqlx::query("UPDATE pushes SET state = $2, updated_at = $3 WHERE id = $1")
+                .bind(push_id)
+                .bind(state.as_str())
+                .bind(at_ms)
+                .execute(&mut **tx)
+                .await?;
+            ev.add(
+                push_id,
+                at_ms,
+                *state,
+                Some(binding),
+                i32_of(attempts),
+                detail.clone(),
+            );
+        }
+        Settlement::Fallback {
+            binding_index,
+            detail,
+        } => {
+            sqlx::query(
+                "UPDATE pushes SET state = 'queued', binding_index = $2, next_attempt_at = $3, \
+                     updated_at = $3 WHERE id = $1",
+            )
             .bind(push_id)
-            .bind(state.as_str())
+            .bind(i32_of(*binding_index))
             .bind(at_ms)
             .execute(&mut **tx)
             .await?;
-        let mut ev = Events::default();
-        ev.add(
-            push_id,
-            at_ms,
-            *state,
-            binding,
-            i32_of(attempt),
-            detail.clone(),
-        );
-        ev.flush(tx).await?;
+            ev.add(
+                push_id,
+                at_ms,
+                PushState::Queued,
+                Some(binding),
+                i32_of(attempts),
+                detail.clone(),
+            );
+        }
+        Settlement::Ignore | Settlement::Hold => {}
+    }
+    ev.flush(tx).await?;
+    if settlement.releases_refs() {
+        sqlx::query("DELETE FROM push_refs WHERE push_id = $1")
+            .bind(push_id)
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(settlement)
 }
@@ -283,59 +444,99 @@ pub(super) async fn apply_receipts(
     for r in receipts {
         effects.push(receipt_in(&mut tx, r, now_ms).await?);
     }
+    if effects
+        .iter()
+        .any(|e| matches!(e, ReceiptEffect::FellBack { .. }))
+    {
+        // A push went back to `queued`: due now on whichever replica claims first.
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(WAKEUP_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     Ok(effects)
 }
 
-/// One receipt inside the caller's transaction.
+/// One receipt inside the caller's transaction: recorded on the row of its reference (an orphan
+/// row, held until `now + hold`, when no push holds the id), then the holder is settled.
 async fn receipt_in(
     tx: &mut Transaction<'static, Postgres>,
     receipt: &Receipt,
     now_ms: i64,
 ) -> Result<ReceiptEffect, StoreError> {
+    let hold = i64::try_from(receipt.hold.as_millis()).unwrap_or(i64::MAX);
     let push_id: Option<String> = sqlx::query_scalar(
-        "INSERT INTO push_refs (binding, reference, push_id, status, detail, updated_at) \
-         VALUES ($1, $2, NULL, $3, $4, $5) \
-         ON CONFLICT (binding, reference) DO UPDATE SET status = EXCLUDED.status, \
+        "INSERT INTO push_refs \
+             (binding, account, reference, push_id, status, detail, updated_at, hold_until) \
+         VALUES ($1, $2, $3, NULL, $4, $5, $6, $7) \
+         ON CONFLICT (binding, account, reference) DO UPDATE SET status = EXCLUDED.status, \
              detail = EXCLUDED.detail, updated_at = EXCLUDED.updated_at \
          RETURNING push_id",
     )
     .bind(receipt.binding.as_str())
-    .bind(&receipt.reference)
+    .bind(&receipt.reference.account)
+    .bind(&receipt.reference.id)
     .bind(RefStatus::of_receipt(receipt.delivered).as_str())
     .bind(&receipt.detail)
     .bind(now_ms)
+    .bind(now_ms.saturating_add(hold))
     .fetch_one(&mut **tx)
     .await?;
     let Some(push_id) = push_id else {
-        // Overtook the completion: kept, applied when the Accepted completion names it.
+        // Overtook the completion: kept (at most `hold`), applied when the Accepted completion
+        // names it.
         return Ok(ReceiptEffect::Pending);
     };
-    // Lock the push so that receipts for two parts of one push settle it once.
-    let row = sqlx::query("SELECT state, attempts FROM pushes WHERE id = $1 FOR UPDATE")
-        .bind(&push_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    let (state, attempts) = match row {
-        Some(r) => (
-            Some(parse_state(r.try_get("state")?)?),
-            super::u32_of(r.try_get("attempts")?, "attempts")?,
-        ),
-        None => (None, 0),
-    };
-    let settled = settle(
-        tx,
-        &push_id,
-        state,
-        Some(receipt.binding),
-        attempts,
-        now_ms,
-        Some(&receipt.reference),
+    let settled = settle(tx, &push_id, receipt.binding, now_ms, Some(&receipt.reference)).await?;
+    Ok(rules::receipt_effect(push_id, settled))
+}
+
+/// `accepted` pushes past `expires_at + grace` become `unconfirmed` (one statement, with events).
+pub(super) async fn unconfirm(
+    pool: &PgPool,
+    now_ms: i64,
+    grace_ms: i64,
+    limit: u32,
+) -> Result<u64, StoreError> {
+    let r = sqlx::query(
+        "WITH e AS ( \
+             SELECT id FROM pushes \
+             WHERE state = 'accepted' AND expires_at <= $1 - $2 \
+             ORDER BY expires_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
+         u AS ( \
+             UPDATE pushes p SET state = 'unconfirmed', updated_at = $1 \
+             FROM e WHERE p.id = e.id RETURNING p.id, p.attempts, p.last_binding) \
+         INSERT INTO push_events (push_id, at, state, binding, attempt, detail) \
+         SELECT id, $1, 'unconfirmed', last_binding, attempts, $4 FROM u",
     )
+    .bind(now_ms)
+    .bind(grace_ms)
+    .bind(i64::from(limit))
+    .bind(rules::UNCONFIRMED_DETAIL)
+    .execute(pool)
     .await?;
-    Ok(match settled {
-        Settlement::Ignore => ReceiptEffect::Ignored { push_id },
-        Settlement::Hold => ReceiptEffect::Partial { push_id },
-        Settlement::Finish { state, .. } => ReceiptEffect::Finished { push_id, state },
-    })
+    Ok(r.rows_affected())
+}
+
+/// Deletes orphan receipts whose hold window ended.
+pub(super) async fn drop_orphan_receipts(
+    pool: &PgPool,
+    now_ms: i64,
+    limit: u32,
+) -> Result<Vec<(BindingKind, u64)>, StoreError> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "DELETE FROM push_refs x USING ( \
+             SELECT binding, account, reference FROM push_refs \
+             WHERE push_id IS NULL AND hold_until < $1 \
+             LIMIT $2 FOR UPDATE SKIP LOCKED) o \
+         WHERE x.binding = o.binding AND x.account = o.account AND x.reference = o.reference \
+           AND x.push_id IS NULL \
+         RETURNING x.binding",
+    )
+    .bind(now_ms)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    Ok(rules::count_by_binding(rows))
 }

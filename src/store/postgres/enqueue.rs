@@ -15,7 +15,7 @@ use super::{COALESCE_YIELDS, Events, Job, WAKEUP_CHANNEL, Waiter, i32_of};
 use crate::domain::BindingKind;
 use crate::store::{
     Enqueued, NewPush, PushState, StoreError, parse_state,
-    rules::{FirstByKey, is_same_request},
+    rules::{self, CollapseScope, FirstByKey, is_same_request},
     to_json,
 };
 
@@ -93,6 +93,25 @@ pub(super) async fn enqueue_batch(
     pushes: &[NewPush],
 ) -> Result<Vec<Enqueued>, StoreError> {
     let mut tx = pool.begin().await?;
+
+    // Collapse keys across replicas: two transactions that each insert a push with the same
+    // (tenant, scope, key) would not see each other's uncommitted row and both survive. An
+    // advisory lock per key, taken before the INSERT and held to commit, orders them: the later
+    // one's supersede statement (a fresh snapshot under READ COMMITTED) sees the earlier push.
+    // Locks are taken in one order (sorted) so that two batches cannot deadlock.
+    let mut lock_keys: Vec<String> = pushes.iter().filter_map(rules::collapse_lock_key).collect();
+    if !lock_keys.is_empty() {
+        lock_keys.sort_unstable();
+        lock_keys.dedup();
+        sqlx::query(
+            "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) \
+             FROM (SELECT k FROM UNNEST($1::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n) s",
+        )
+        .bind(&lock_keys)
+        .fetch_one(&mut *tx)
+        .await
+        .map(|_: sqlx::postgres::PgRow| ())?;
+    }
 
     // Idempotency inside the batch: only the first push with a given (tenant, key) is inserted;
     // later ones are answered against it like any replay.
@@ -265,23 +284,32 @@ pub(super) async fn enqueue_batch(
         );
     }
 
-    // Collapse, in batch order: a push supersedes waiting pushes with its collapse key, except
-    // itself and the pushes after it in this batch (those supersede it in their turn).
+    // Collapse, in batch order: a push supersedes the waiting pushes its key reaches (same
+    // tenant and device, or the same inline bindings: [`rules::collapse_scope`]), except itself
+    // and the pushes after it in this batch (those supersede it in their turn).
     for (n, p) in created.iter().enumerate() {
         let Some(ck) = p.collapse_key.as_deref() else {
             continue;
+        };
+        let (device, snapshot) = match rules::collapse_scope(p) {
+            CollapseScope::Device(d) => (Some(d), None),
+            CollapseScope::Inline(json) => (None, Some(json)),
         };
         let keep: Vec<&str> = created[n..].iter().map(|q| q.id.as_str()).collect();
         let rows = sqlx::query(
             "UPDATE pushes SET state = 'superseded', updated_at = $4 \
              WHERE tenant = $1 AND collapse_key = $2 AND state IN ('queued', 'retry_wait') \
                AND id <> ALL($3::text[]) \
+               AND (($5::text IS NOT NULL AND device_id = $5) \
+                    OR ($5::text IS NULL AND device_id IS NULL AND bindings = $6)) \
              RETURNING id, attempts",
         )
         .bind(&p.tenant)
         .bind(ck)
         .bind(keep)
         .bind(p.created_at_ms)
+        .bind(device)
+        .bind(snapshot)
         .fetch_all(&mut *tx)
         .await?;
         for r in rows {

@@ -390,6 +390,18 @@ impl Store for PgStore {
         claim::expire(&self.pool, now_ms, limit).await
     }
 
+    async fn unconfirm(&self, now_ms: i64, grace_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        complete::unconfirm(&self.pool, now_ms, grace_ms, limit).await
+    }
+
+    async fn drop_orphan_receipts(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(BindingKind, u64)>, StoreError> {
+        complete::drop_orphan_receipts(&self.pool, now_ms, limit).await
+    }
+
     async fn apply_receipts(
         &self,
         receipts: &[Receipt],
