@@ -19,8 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::domain::{
     BindingKind, ContentType, DeviceBinding, HmacCredentials, HttpFraming, NextHopRef, Receipt,
-    ReceiptAck,
-    WapBearer,
+    ReceiptAck, WapBearer,
 };
 
 pub mod http;

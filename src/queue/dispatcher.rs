@@ -389,7 +389,10 @@ impl Dispatcher {
         let grace = i64::try_from(self.cfg.receipt_grace.as_millis()).unwrap_or(i64::MAX);
         match self.store.unconfirm(now, grace, SWEEP_BATCH).await {
             Ok(n) if n > 0 => {
-                tracing::info!(message = "No receipt within ttl + grace: pushes unconfirmed.", count = n)
+                tracing::info!(
+                    message = "No receipt within ttl + grace: pushes unconfirmed.",
+                    count = n
+                )
             }
             Ok(_) => {}
             Err(e) => {

@@ -237,7 +237,8 @@ pub(crate) fn settle(
     trigger: Option<&NextHopRef>,
     now_ms: i64,
 ) -> Settlement {
-    let Some(push) = push.filter(|p| matches!(p.state, PushState::Accepted | PushState::Unconfirmed))
+    let Some(push) =
+        push.filter(|p| matches!(p.state, PushState::Accepted | PushState::Unconfirmed))
     else {
         return Settlement::Ignore;
     };
@@ -338,16 +339,27 @@ pub(crate) fn collapse_scope(p: &NewPush) -> CollapseScope<'_> {
     }
 }
 
-/// The text whose hash names the lock serialising enqueues of one collapse scope and key across
-/// replicas (PostgreSQL advisory lock); `None` without a collapse key. NUL separates the parts
-/// (none of them can contain one after validation), so different triples give different texts.
-pub(crate) fn collapse_lock_key(p: &NewPush) -> Option<String> {
+/// The id of the lock that serialises enqueues of one collapse (tenant, scope, key) across
+/// replicas (a PostgreSQL advisory lock key); `None` without a collapse key. The first 8 bytes
+/// of a SHA-256 over the length-prefixed parts: stable across processes and versions, and
+/// different triples collide only by chance (a collision merely serialises two unrelated
+/// enqueues).
+pub(crate) fn collapse_lock_id(p: &NewPush) -> Option<i64> {
+    use sha2::Digest as _;
     let key = p.collapse_key.as_deref()?;
     let scope = match collapse_scope(p) {
-        CollapseScope::Device(d) => format!("d\u{0}{d}"),
-        CollapseScope::Inline(json) => format!("i\u{0}{json}"),
+        CollapseScope::Device(d) => format!("device {d}"),
+        CollapseScope::Inline(json) => format!("inline {json}"),
     };
-    Some(format!("{}\u{0}{scope}\u{0}{key}", p.tenant))
+    let mut h = sha2::Sha256::new();
+    for part in [p.tenant.as_str(), scope.as_str(), key] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    Some(i64::from_be_bytes(first))
 }
 
 /// Idempotent replay: a push whose `(tenant, idempotency key)` an earlier push already holds is
@@ -689,18 +701,18 @@ mod tests {
         let mut b = a.clone();
         b.device_id = Some("dev-b".into());
         assert_eq!(collapse_scope(&a), CollapseScope::Device("dev-a"));
-        assert_ne!(collapse_lock_key(&a), collapse_lock_key(&b));
+        assert_ne!(collapse_lock_id(&a), collapse_lock_id(&b));
         let mut other_tenant = a.clone();
         other_tenant.tenant = "u".into();
-        assert_ne!(collapse_lock_key(&a), collapse_lock_key(&other_tenant));
+        assert_ne!(collapse_lock_id(&a), collapse_lock_id(&other_tenant));
         let mut inline = a.clone();
         inline.device_id = None;
         assert_eq!(collapse_scope(&inline), CollapseScope::Inline("[]".into()));
-        assert_ne!(collapse_lock_key(&a), collapse_lock_key(&inline));
+        assert_ne!(collapse_lock_id(&a), collapse_lock_id(&inline));
         let mut no_key = a.clone();
         no_key.collapse_key = None;
-        assert_eq!(collapse_lock_key(&no_key), None);
-        assert_eq!(collapse_lock_key(&a), collapse_lock_key(&a.clone()));
+        assert_eq!(collapse_lock_id(&no_key), None);
+        assert_eq!(collapse_lock_id(&a), collapse_lock_id(&a.clone()));
     }
 
     #[test]

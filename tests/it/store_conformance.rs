@@ -6,7 +6,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use crate::support::store::{T0, WAP, next_id, push, wap};
 use dmpushd::{
-    binding::{BindingKind, Receipt},
+    binding::{BindingKind, NextHopRef, Receipt},
     store::{
         CancelResult, Claimed, Completion, Device, DmCredentials, Enqueued, Next, PushFilter,
         PushState, ReceiptEffect, Store,
@@ -771,14 +771,39 @@ async fn event_history(s: Arc<dyn Store>) {
     assert_eq!(r.updated_at_ms, T0 + 12);
 }
 
+/// The SMSC account of the references in these cases.
+const ACCOUNT: &str = "smsc";
+/// Orphan receipts are held this long (ms) in these cases.
+const HOLD_MS: u64 = 120_000;
+
+fn nh(id: &str) -> NextHopRef {
+    NextHopRef::new(ACCOUNT, id)
+}
+
+fn nhs(ids: &[String]) -> Vec<NextHopRef> {
+    ids.iter().map(|i| nh(i)).collect()
+}
+
 fn receipt(reference: &str, delivered: bool, detail: &str) -> Receipt {
+    receipt_on(ACCOUNT, reference, delivered, detail)
+}
+
+fn receipt_on(account: &str, id: &str, delivered: bool, detail: &str) -> Receipt {
     Receipt {
         binding: BindingKind::Wap,
-        reference: reference.into(),
+        reference: NextHopRef::new(account, id),
         delivered,
         detail: detail.into(),
+        hold: Duration::from_millis(HOLD_MS),
         ack: None,
     }
+}
+
+/// A test push bound to WAP only by an explicit choice: a failed receipt fails it.
+fn wap_only(tenant: &str) -> dmpushd::store::NewPush {
+    let mut p = push(tenant);
+    p.binding_choice = Some(BindingKind::Wap);
+    p
 }
 
 async fn receipts_single(s: Arc<dyn Store>) {
@@ -789,7 +814,7 @@ async fn receipts_single(s: Arc<dyn Store>) {
         &c,
         "a",
         T0 + 1,
-        Next::Accepted { refs: refs.clone() },
+        Next::Accepted { refs: nhs(&refs) },
         "submit_sm ok",
     )])
     .await
@@ -811,14 +836,12 @@ async fn receipts_single(s: Arc<dyn Store>) {
     // The event carries the receipt's detail (implementations may prefix it).
     assert!(last.detail.contains("DELIVRD"), "{:?}", last.detail);
     assert_eq!(last.binding, WAP);
-    // Duplicate receipt: nothing changes.
+    // Duplicate receipt: the settled push released its id, so it is an orphan; nothing changes.
     assert_eq!(
         s.apply_receipt(&receipt(&refs[0], false, "UNDELIV"), T0 + 6)
             .await
             .unwrap(),
-        ReceiptEffect::Ignored {
-            push_id: id.clone()
-        }
+        ReceiptEffect::Pending
     );
     assert_eq!(state_of(&s, "t1", &id).await, PushState::Delivered);
     // The same reference on another binding is another reference.
@@ -838,7 +861,7 @@ async fn receipts_multipart(s: Arc<dyn Store>) {
         &c,
         "a",
         T0 + 1,
-        Next::Accepted { refs: refs.clone() },
+        Next::Accepted { refs: nhs(&refs) },
         "3 parts",
     )])
     .await
@@ -880,7 +903,7 @@ async fn receipts_in_one_batch(s: Arc<dyn Store>) {
     // Push C's receipt overtakes its completion, which arrives in the same completion batch as
     // A's and B's.
     let a = created(&s, push("t1")).await;
-    let b = created(&s, push("t1")).await;
+    let b = created(&s, wap_only("t1")).await;
     let c = created(&s, push("t1")).await;
     let mut claimed = std::collections::HashMap::new();
     for _ in 0..3 {
@@ -901,7 +924,7 @@ async fn receipts_in_one_batch(s: Arc<dyn Store>) {
             &claimed[id],
             "w",
             T0 + 2,
-            Next::Accepted { refs: refs.clone() },
+            Next::Accepted { refs: nhs(refs) },
             "sent",
         )
     };
@@ -947,7 +970,8 @@ async fn receipts_in_one_batch(s: Arc<dyn Store>) {
                 push_id: a.clone(),
                 state: PushState::Delivered
             },
-            ReceiptEffect::Ignored { push_id: b.clone() },
+            // B is settled and released its id: a later receipt for it is an orphan.
+            ReceiptEffect::Pending,
         ]
     );
     assert_eq!(state_of(&s, "t1", &a).await, PushState::Delivered);
@@ -976,7 +1000,7 @@ async fn receipt_before_completion(s: Arc<dyn Store>) {
         &c,
         "a",
         T0 + 2,
-        Next::Accepted { refs: refs.clone() },
+        Next::Accepted { refs: nhs(&refs) },
         "2 parts",
     )])
     .await
@@ -1003,9 +1027,7 @@ async fn receipt_before_completion(s: Arc<dyn Store>) {
         &c2,
         "a",
         T0 + 2,
-        Next::Accepted {
-            refs: refs2.clone(),
-        },
+        Next::Accepted { refs: nhs(&refs2) },
         "2 parts",
     )])
     .await
@@ -1023,14 +1045,14 @@ async fn receipt_before_completion(s: Arc<dyn Store>) {
 }
 
 async fn receipt_failed_part(s: Arc<dyn Store>) {
-    let id = created(&s, push("t1")).await;
+    let id = created(&s, wap_only("t1")).await;
     let c = claim_one(&s, "a", T0).await;
     let refs = vec![format!("{id}-a"), format!("{id}-b"), format!("{id}-c")];
     s.complete(vec![done(
         &c,
         "a",
         T0 + 1,
-        Next::Accepted { refs: refs.clone() },
+        Next::Accepted { refs: nhs(&refs) },
         "3 parts",
     )])
     .await
@@ -1061,12 +1083,12 @@ async fn receipt_failed_part(s: Arc<dyn Store>) {
         s.apply_receipt(&receipt(&refs[2], true, "DELIVRD"), T0 + 4)
             .await
             .unwrap(),
-        ReceiptEffect::Ignored {
-            push_id: id.clone()
-        }
+        ReceiptEffect::Pending,
+        "the failed push released its ids"
     );
+    assert_eq!(state_of(&s, "t1", &id).await, PushState::Failed);
     // A failure receipt that overtook the completion fails the push at completion.
-    let id2 = created(&s, push("t1")).await;
+    let id2 = created(&s, wap_only("t1")).await;
     let c2 = claim_one(&s, "a", T0).await;
     s.apply_receipt(&receipt(&format!("{id2}-x"), false, "REJECTD"), T0 + 1)
         .await
@@ -1076,14 +1098,14 @@ async fn receipt_failed_part(s: Arc<dyn Store>) {
         "a",
         T0 + 2,
         Next::Accepted {
-            refs: vec![format!("{id2}-x"), format!("{id2}-y")],
+            refs: nhs(&[format!("{id2}-x"), format!("{id2}-y")]),
         },
         "2 parts",
     )])
     .await
     .unwrap();
     assert_eq!(state_of(&s, "t1", &id2).await, PushState::Failed);
-    // Accepted without references: stays accepted, no receipt can finish it.
+    // Accepted without references: no receipt can come, so it ends unconfirmed at once.
     let id3 = created(&s, push("t1")).await;
     let c3 = claim_one(&s, "a", T0).await;
     s.complete(vec![done(
@@ -1095,7 +1117,7 @@ async fn receipt_failed_part(s: Arc<dyn Store>) {
     )])
     .await
     .unwrap();
-    assert_eq!(state_of(&s, "t1", &id3).await, PushState::Accepted);
+    assert_eq!(state_of(&s, "t1", &id3).await, PushState::Unconfirmed);
 }
 
 async fn batch_completion(s: Arc<dyn Store>) {
@@ -1121,7 +1143,7 @@ async fn batch_completion(s: Arc<dyn Store>) {
         PushState::Delivered,
         PushState::Failed,
         PushState::RetryWait,
-        PushState::Accepted,
+        PushState::Unconfirmed,
         PushState::Queued,
     ];
     for (c, w) in got.iter().zip(want) {
@@ -1223,6 +1245,337 @@ async fn concurrent_claimers(s: Arc<dyn Store>) {
     assert_eq!(seen, all);
 }
 
+// --- Truthful outcomes (DESIGN §10.1) ---------------------------------------------------------
+
+/// Accepts `id`'s claim `c` with `refs` on the default account at `at`.
+async fn accept(s: &Arc<dyn Store>, c: &Claimed, refs: Vec<NextHopRef>, at: i64) {
+    s.complete(vec![done(
+        c,
+        "w",
+        at,
+        Next::Accepted { refs },
+        "submit_sm ok",
+    )])
+    .await
+    .unwrap();
+}
+
+async fn events_of(s: &Arc<dyn Store>, id: &str) -> Vec<(PushState, String)> {
+    s.get_push("t1", id)
+        .await
+        .unwrap()
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| (e.state, e.detail))
+        .collect()
+}
+
+async fn unconfirmed_after_receipt_window_then_late_receipt(s: Arc<dyn Store>) {
+    const GRACE: i64 = 2_000;
+    let p = push("t1");
+    let expires = p.expires_at_ms;
+    let id = created(&s, p).await;
+    let c = claim_one(&s, "w", T0).await;
+    accept(&s, &c, vec![nh("u-1")], T0 + 1).await;
+    // A push without receipt request (no refs) is final at once; this one waits.
+    assert_eq!(state_of(&s, "t1", &id).await, PushState::Accepted);
+    assert_eq!(
+        s.unconfirm(expires + GRACE - 1, GRACE, 100).await.unwrap(),
+        0
+    );
+    assert_eq!(state_of(&s, "t1", &id).await, PushState::Accepted);
+    assert_eq!(s.unconfirm(expires + GRACE, GRACE, 100).await.unwrap(), 1);
+    assert_eq!(state_of(&s, "t1", &id).await, PushState::Unconfirmed);
+    assert!(PushState::Unconfirmed.is_final());
+    // Swept once.
+    assert_eq!(
+        s.unconfirm(expires + GRACE + 1, GRACE, 100).await.unwrap(),
+        0
+    );
+    // A late receipt still settles it, with an event (no fallback: the TTL is over).
+    assert_eq!(
+        s.apply_receipt(&receipt("u-1", true, "DELIVRD"), expires + GRACE + 5)
+            .await
+            .unwrap(),
+        ReceiptEffect::Finished {
+            push_id: id.clone(),
+            state: PushState::Delivered
+        }
+    );
+    let ev = events_of(&s, &id).await;
+    let states: Vec<PushState> = ev.iter().map(|e| e.0).collect();
+    assert_eq!(
+        states,
+        [
+            PushState::Queued,
+            PushState::Accepted,
+            PushState::Unconfirmed,
+            PushState::Delivered
+        ]
+    );
+    assert!(ev[3].1.contains("DELIVRD"), "{ev:?}");
+
+    // A failed late receipt fails an unconfirmed push even under auto with a binding left.
+    let p = push("t1");
+    let expires = p.expires_at_ms;
+    let id = created(&s, p).await;
+    let c = claim_one(&s, "w", T0).await;
+    accept(&s, &c, vec![nh("u-2")], T0 + 1).await;
+    assert_eq!(s.unconfirm(expires + GRACE, GRACE, 100).await.unwrap(), 1);
+    assert_eq!(
+        s.apply_receipt(&receipt("u-2", false, "UNDELIV"), expires + GRACE + 5)
+            .await
+            .unwrap(),
+        ReceiptEffect::Finished {
+            push_id: id.clone(),
+            state: PushState::Failed
+        }
+    );
+}
+
+async fn reused_id_settles_only_its_holder(s: Arc<dyn Store>) {
+    // An SMSC that answers every submit with id "1".
+    let a = created(&s, push("t1")).await;
+    let ca = claim_one(&s, "w", T0).await;
+    accept(&s, &ca, vec![nh("1")], T0 + 1).await;
+    assert_eq!(
+        s.apply_receipt(&receipt("1", true, "DELIVRD"), T0 + 2)
+            .await
+            .unwrap(),
+        ReceiptEffect::Finished {
+            push_id: a.clone(),
+            state: PushState::Delivered
+        }
+    );
+    // B gets the same id later: no receipt for B yet, so B stays accepted (the defect: the
+    // stale "delivered" row of A finished B at once).
+    let b = created(&s, push("t1")).await;
+    let cb = claim_one(&s, "w", T0 + 3).await;
+    accept(&s, &cb, vec![nh("1")], T0 + 4).await;
+    assert_eq!(state_of(&s, "t1", &b).await, PushState::Accepted);
+    // C takes the id while B still waits: a receipt now is C's only.
+    let c = created(&s, push("t1")).await;
+    let cc = claim_one(&s, "w", T0 + 5).await;
+    accept(&s, &cc, vec![nh("1")], T0 + 6).await;
+    assert_eq!(state_of(&s, "t1", &c).await, PushState::Accepted);
+    assert_eq!(
+        s.apply_receipt(&receipt("1", true, "DELIVRD"), T0 + 7)
+            .await
+            .unwrap(),
+        ReceiptEffect::Finished {
+            push_id: c.clone(),
+            state: PushState::Delivered
+        }
+    );
+    assert_eq!(state_of(&s, "t1", &b).await, PushState::Accepted);
+    assert_eq!(state_of(&s, "t1", &a).await, PushState::Delivered);
+}
+
+async fn same_id_on_two_accounts(s: Arc<dyn Store>) {
+    let a = created(&s, push("t1")).await;
+    let ca = claim_one(&s, "w", T0).await;
+    accept(&s, &ca, vec![NextHopRef::new("smsc-a", "7")], T0 + 1).await;
+    let b = created(&s, push("t1")).await;
+    let cb = claim_one(&s, "w", T0).await;
+    accept(&s, &cb, vec![NextHopRef::new("smsc-b", "7")], T0 + 1).await;
+    // Neither took the other's id.
+    assert_eq!(state_of(&s, "t1", &a).await, PushState::Accepted);
+    assert_eq!(
+        s.apply_receipt(&receipt_on("smsc-b", "7", true, "DELIVRD"), T0 + 2)
+            .await
+            .unwrap(),
+        ReceiptEffect::Finished {
+            push_id: b.clone(),
+            state: PushState::Delivered
+        }
+    );
+    assert_eq!(state_of(&s, "t1", &a).await, PushState::Accepted);
+    assert_eq!(
+        s.apply_receipt(&receipt_on("smsc-a", "7", true, "DELIVRD"), T0 + 3)
+            .await
+            .unwrap(),
+        ReceiptEffect::Finished {
+            push_id: a.clone(),
+            state: PushState::Delivered
+        }
+    );
+}
+
+async fn orphan_receipts_are_held_then_dropped(s: Arc<dyn Store>) {
+    let hold = HOLD_MS as i64;
+    // An orphan older than the hold window does not settle a push that gets its id later.
+    assert_eq!(
+        s.apply_receipt(&receipt("9", true, "DELIVRD"), T0)
+            .await
+            .unwrap(),
+        ReceiptEffect::Pending
+    );
+    let late = created(&s, push("t1")).await;
+    let c = claim_one(&s, "w", T0).await;
+    accept(&s, &c, vec![nh("9")], T0 + hold + 1).await;
+    assert_eq!(state_of(&s, "t1", &late).await, PushState::Accepted);
+    // ... while one inside the window (an overtaking receipt) does, bound included.
+    s.apply_receipt(&receipt("10", true, "DELIVRD"), T0)
+        .await
+        .unwrap();
+    let on_time = created(&s, push("t1")).await;
+    let c = claim_one(&s, "w", T0).await;
+    accept(&s, &c, vec![nh("10")], T0 + hold).await;
+    assert_eq!(state_of(&s, "t1", &on_time).await, PushState::Delivered);
+    // The housekeeper's purge: only orphans past their window go, counted per binding.
+    s.apply_receipt(&receipt("11", true, "DELIVRD"), T0)
+        .await
+        .unwrap();
+    s.apply_receipt(&receipt("12", false, "UNDELIV"), T0 + 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.drop_orphan_receipts(T0 + hold, 100).await.unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        s.drop_orphan_receipts(T0 + hold + 1, 100).await.unwrap(),
+        vec![(BindingKind::Wap, 1)]
+    );
+    // "12" is still held: a push that gets it now adopts it (and fails: explicit binding).
+    let p = created(&s, wap_only("t1")).await;
+    let c = claim_one(&s, "w", T0).await;
+    accept(&s, &c, vec![nh("12")], T0 + hold + 2).await;
+    assert_eq!(state_of(&s, "t1", &p).await, PushState::Failed);
+    // "11" is gone: a push that gets it waits; refs held by pushes are never purged.
+    let p = created(&s, push("t1")).await;
+    let c = claim_one(&s, "w", T0).await;
+    accept(&s, &c, vec![nh("11")], T0 + hold + 3).await;
+    assert_eq!(state_of(&s, "t1", &p).await, PushState::Accepted);
+    assert_eq!(
+        s.drop_orphan_receipts(T0 + 10 * hold, 100).await.unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        s.apply_receipt(&receipt("11", true, "DELIVRD"), T0 + 10 * hold)
+            .await
+            .unwrap(),
+        ReceiptEffect::Finished {
+            push_id: p.clone(),
+            state: PushState::Delivered
+        }
+    );
+}
+
+async fn failed_receipt_falls_back_under_auto(s: Arc<dyn Store>) {
+    // push(): bindings [wap, sip], auto.
+    let id = created(&s, push("t1")).await;
+    let c = claim_one(&s, "w", T0).await;
+    assert_eq!(c.binding_index, 0);
+    accept(&s, &c, vec![nh("f-1"), nh("f-2")], T0 + 1).await;
+    assert_eq!(
+        s.apply_receipt(&receipt("f-1", false, "SMPP receipt stat:UNDELIV"), T0 + 2)
+            .await
+            .unwrap(),
+        ReceiptEffect::FellBack {
+            push_id: id.clone(),
+            binding_index: 1
+        }
+    );
+    let r = s.get_push("t1", &id).await.unwrap().unwrap();
+    assert_eq!(r.state, PushState::Queued);
+    let last = r.events.last().unwrap();
+    assert_eq!((last.state, last.binding), (PushState::Queued, WAP));
+    assert!(
+        last.detail.contains("UNDELIV") && last.detail.contains("falling back to sip"),
+        "{:?}",
+        last.detail
+    );
+    // Due at once, with the next binding; the other part's receipt no longer matters.
+    assert_eq!(s.next_due().await.unwrap(), Some(T0 + 2));
+    assert_eq!(
+        s.apply_receipt(&receipt("f-2", true, "DELIVRD"), T0 + 3)
+            .await
+            .unwrap(),
+        ReceiptEffect::Pending,
+        "ids released on fallback"
+    );
+    let c = claim_one(&s, "w", T0 + 3).await;
+    assert_eq!((c.id.as_str(), c.binding_index), (id.as_str(), 1));
+    s.complete(vec![Completion {
+        binding: Some(BindingKind::Sip),
+        ..done(&c, "w", T0 + 4, Next::Delivered, "SIP 200 OK")
+    }])
+    .await
+    .unwrap();
+    assert_eq!(state_of(&s, "t1", &id).await, PushState::Delivered);
+
+    // A failed receipt that overtook the completion falls back at completion.
+    s.apply_receipt(&receipt("f-3", false, "REJECTD"), T0 + 5)
+        .await
+        .unwrap();
+    let id = created(&s, push("t1")).await;
+    let c = claim_one(&s, "w", T0 + 5).await;
+    accept(&s, &c, vec![nh("f-3")], T0 + 6).await;
+    assert_eq!(state_of(&s, "t1", &id).await, PushState::Queued);
+    assert_eq!(claim_one(&s, "w", T0 + 6).await.binding_index, 1);
+
+    // An explicit binding choice, or no binding left: failed.
+    let id = created(&s, wap_only("t1")).await;
+    let c = claim_one(&s, "w", T0 + 7).await;
+    accept(&s, &c, vec![nh("f-4")], T0 + 7).await;
+    assert_eq!(
+        s.apply_receipt(&receipt("f-4", false, "EXPIRED"), T0 + 8)
+            .await
+            .unwrap(),
+        ReceiptEffect::Finished {
+            push_id: id.clone(),
+            state: PushState::Failed
+        }
+    );
+    let mut last = push("t1");
+    last.bindings.truncate(1);
+    let id = created(&s, last).await;
+    let c = claim_one(&s, "w", T0 + 9).await;
+    accept(&s, &c, vec![nh("f-5")], T0 + 9).await;
+    assert_eq!(
+        s.apply_receipt(&receipt("f-5", false, "DELETED"), T0 + 10)
+            .await
+            .unwrap(),
+        ReceiptEffect::Finished {
+            push_id: id.clone(),
+            state: PushState::Failed
+        }
+    );
+}
+
+async fn collapse_is_scoped_to_the_device(s: Arc<dyn Store>) {
+    let keyed = |device: Option<&str>| {
+        let mut p = push("t1");
+        p.collapse_key = Some("wake".into());
+        p.device_id = device.map(str::to_owned);
+        p
+    };
+    let a = created(&s, keyed(Some("dev-a"))).await;
+    // Another device's "wake" does not supersede A's.
+    let b = created(&s, keyed(Some("dev-b"))).await;
+    assert_eq!(state_of(&s, "t1", &a).await, PushState::Queued);
+    // The same device's does.
+    let a2 = created(&s, keyed(Some("dev-a"))).await;
+    assert_eq!(state_of(&s, "t1", &a).await, PushState::Superseded);
+    assert_eq!(state_of(&s, "t1", &b).await, PushState::Queued);
+    assert_eq!(state_of(&s, "t1", &a2).await, PushState::Queued);
+    // Inline targets: scoped by the exact bindings snapshot; never reach a device's pushes.
+    let i1 = created(&s, keyed(None)).await;
+    let mut other = keyed(None);
+    other.bindings.reverse();
+    let other = created(&s, other).await;
+    assert_eq!(state_of(&s, "t1", &i1).await, PushState::Queued);
+    let i2 = created(&s, keyed(None)).await;
+    assert_eq!(state_of(&s, "t1", &i1).await, PushState::Superseded);
+    for id in [&other, &i2] {
+        assert_eq!(state_of(&s, "t1", id).await, PushState::Queued);
+    }
+    assert_eq!(state_of(&s, "t1", &a2).await, PushState::Queued);
+    assert_eq!(state_of(&s, "t1", &b).await, PushState::Queued);
+}
+
 // ---------------------------------------------------------------------------------------------
 
 macro_rules! conformance {
@@ -1270,6 +1623,12 @@ conformance!(
     batch_completion,
     concurrent_enqueue,
     concurrent_claimers,
+    unconfirmed_after_receipt_window_then_late_receipt,
+    reused_id_settles_only_its_holder,
+    same_id_on_two_accounts,
+    orphan_receipts_are_held_then_dropped,
+    failed_receipt_falls_back_under_auto,
+    collapse_is_scoped_to_the_device,
 );
 
 /// PostgreSQL only: per-owner lease count (the default trait method answers 0).
@@ -1287,4 +1646,48 @@ async fn pg_leases_held() {
     assert_eq!(s.leases_held("a").await.unwrap(), 3);
     assert_eq!(s.leases_held("b").await.unwrap(), 1);
     assert_eq!(s.leases_held("c").await.unwrap(), 0);
+}
+
+/// PostgreSQL only: the same collapse key submitted concurrently on two replicas (two stores on
+/// one database) leaves exactly one pending push per round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_collapse_race_on_two_replicas_leaves_one() {
+    let Some(db) = crate::support::store::PgDb::create().await else {
+        return;
+    };
+    let (a, b) = (db.open().await, db.open().await);
+    const ROUNDS: usize = 20;
+    for round in 0..ROUNDS {
+        let mut handles = Vec::new();
+        for (n, s) in [&a, &b, &a, &b].into_iter().enumerate() {
+            let s = s.clone();
+            let mut p = push("t1");
+            p.collapse_key = Some(format!("k{round}"));
+            p.created_at_ms = T0 + n as i64;
+            handles.push(tokio::spawn(async move { s.enqueue(p).await.unwrap() }));
+        }
+        for h in handles {
+            assert!(matches!(h.await.unwrap(), Enqueued::Created { .. }));
+        }
+    }
+    let waiting = a
+        .list_pushes(
+            "t1",
+            &PushFilter {
+                state: Some(PushState::Queued),
+                limit: 1000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut keys: Vec<String> = waiting.into_iter().filter_map(|p| p.collapse_key).collect();
+    keys.sort();
+    let want: Vec<String> = {
+        let mut w: Vec<String> = (0..ROUNDS).map(|r| format!("k{r}")).collect();
+        w.sort();
+        w
+    };
+    assert_eq!(keys, want, "exactly one pending push per collapse key");
+    assert_eq!(depth(&a, PushState::Superseded).await, (ROUNDS * 3) as u64);
 }

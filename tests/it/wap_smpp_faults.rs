@@ -12,7 +12,7 @@ use std::{
 use bytes::{Buf, BytesMut};
 use dmpushd::{
     binding::{
-        Binding as _, BindingContext, ContentType, Outcome, Receipt,
+        Binding as _, BindingContext, ContentType, NextHopRef, Outcome, Receipt,
         wap::{self, AmbiguousPolicy, SmscConfig, WapBinding, WapConfig},
     },
     codec::smpp::{self, Body, Pdu, cmd},
@@ -569,7 +569,7 @@ async fn receipt_acked_after_commit(committed: bool) {
         out,
         Outcome::Accepted {
             detail: "1 SMS via smsc fake".into(),
-            refs: vec!["fake:fa1".into()]
+            refs: vec![NextHopRef::new("fake", "fa1")]
         }
     );
     let r = tokio::time::timeout(Duration::from_secs(5), rx.recv())

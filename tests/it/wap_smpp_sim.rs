@@ -6,7 +6,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use dmpushd::binding::Binding as _;
 use dmpushd::{
     binding::{
-        BindingContext, ContentType, Outcome, Receipt,
+        BindingContext, ContentType, NextHopRef, Outcome, Receipt,
         wap::{self, SmscConfig, WapBinding, WapConfig},
     },
     codec::sms,
@@ -71,8 +71,8 @@ async fn bind_to(sim: &Sim, tweak: impl FnOnce(&mut SmscConfig)) -> Fixture {
     }
 }
 
-async fn receipts_for(rx: &mut mpsc::Receiver<Receipt>, refs: &[String]) -> Vec<Receipt> {
-    let want: HashSet<&String> = refs.iter().collect();
+async fn receipts_for(rx: &mut mpsc::Receiver<Receipt>, refs: &[NextHopRef]) -> Vec<Receipt> {
+    let want: HashSet<&NextHopRef> = refs.iter().collect();
     let mut got = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while got.len() < want.len() {
@@ -130,12 +130,12 @@ async fn notification_and_wbxml_reach_the_simulator_and_decode_in_tshark() {
     };
     assert_eq!(w_refs.len(), expected_parts, "one ref per segment");
     assert!(
-        w_refs.iter().all(|r| r.starts_with("sim:sim")),
+        w_refs.iter().all(|r| r.to_string().starts_with("sim:sim")),
         "{w_refs:?}"
     );
 
     // Receipts from the simulator come back with the same references, delivered.
-    let all: Vec<String> = n_refs.iter().chain(w_refs).cloned().collect();
+    let all: Vec<NextHopRef> = n_refs.iter().chain(w_refs).cloned().collect();
     let got = receipts_for(&mut f.receipts, &all).await;
     assert!(got.iter().all(|r| r.delivered), "{got:?}");
 

@@ -141,12 +141,10 @@ impl WapBinding {
         let mut not_sent = None;
         for r in results {
             match r {
-                SegResult::Accepted(id) => {
-                    refs.push(NextHopRef::new(
-                        s.name.clone(),
-                        smpp::normalise_id(&id, false),
-                    ))
-                }
+                SegResult::Accepted(id) => refs.push(NextHopRef::new(
+                    s.name.clone(),
+                    smpp::normalise_id(&id, false),
+                )),
                 SegResult::Rejected(code) => {
                     let why = format!(
                         "smsc {}: submit_sm rejected with {} (0x{code:02X})",

@@ -11,9 +11,7 @@ use super::{Events, WAKEUP_CHANNEL, i32_of};
 use crate::domain::{BindingKind, DeviceBinding, NextHopRef, Receipt};
 use crate::store::{
     Completion, PushState, ReceiptEffect, StoreError, from_json, parse_binding, parse_state,
-    rules::{
-        self, CompletionEffect, HeldRef, PushView, RefClaim, RefRow, RefStatus, Settlement,
-    },
+    rules::{self, CompletionEffect, HeldRef, PushView, RefClaim, RefRow, RefStatus, Settlement},
 };
 
 /// Completions as columns for one `UPDATE … FROM UNNEST(…)`.
@@ -233,7 +231,11 @@ async fn record_refs(
         let mut rest = RefCols::default();
         for a in g {
             for r in a.refs {
-                let key = (a.binding.as_str().to_owned(), r.account.clone(), r.id.clone());
+                let key = (
+                    a.binding.as_str().to_owned(),
+                    r.account.clone(),
+                    r.id.clone(),
+                );
                 if !inserted.contains(&key) {
                     rest.add(a.binding, r, &a.completion.push_id, a.completion.at_ms);
                 }
@@ -350,8 +352,7 @@ async fn settle(
     .await?;
     let (view, attempts) = match row {
         Some(r) => {
-            let bindings: Vec<DeviceBinding> =
-                from_json(r.try_get("bindings")?, "push bindings")?;
+            let bindings: Vec<DeviceBinding> = from_json(r.try_get("bindings")?, "push bindings")?;
             let view = PushView {
                 state: parse_state(r.try_get("state")?)?,
                 binding_choice: parse_binding(r.try_get("binding_choice")?, "binding_choice")?,
@@ -359,7 +360,10 @@ async fn settle(
                 bindings: bindings.iter().map(DeviceBinding::kind).collect(),
                 expires_at_ms: r.try_get("expires_at")?,
             };
-            (Some(view), super::u32_of(r.try_get("attempts")?, "attempts")?)
+            (
+                Some(view),
+                super::u32_of(r.try_get("attempts")?, "attempts")?,
+            )
         }
         None => (None, 0),
     };
@@ -488,7 +492,14 @@ async fn receipt_in(
         // names it.
         return Ok(ReceiptEffect::Pending);
     };
-    let settled = settle(tx, &push_id, receipt.binding, now_ms, Some(&receipt.reference)).await?;
+    let settled = settle(
+        tx,
+        &push_id,
+        receipt.binding,
+        now_ms,
+        Some(&receipt.reference),
+    )
+    .await?;
     Ok(rules::receipt_effect(push_id, settled))
 }
 

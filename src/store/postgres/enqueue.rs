@@ -99,18 +99,17 @@ pub(super) async fn enqueue_batch(
     // advisory lock per key, taken before the INSERT and held to commit, orders them: the later
     // one's supersede statement (a fresh snapshot under READ COMMITTED) sees the earlier push.
     // Locks are taken in one order (sorted) so that two batches cannot deadlock.
-    let mut lock_keys: Vec<String> = pushes.iter().filter_map(rules::collapse_lock_key).collect();
-    if !lock_keys.is_empty() {
-        lock_keys.sort_unstable();
-        lock_keys.dedup();
-        sqlx::query(
-            "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) \
-             FROM (SELECT k FROM UNNEST($1::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n) s",
+    let mut lock_ids: Vec<i64> = pushes.iter().filter_map(rules::collapse_lock_id).collect();
+    if !lock_ids.is_empty() {
+        lock_ids.sort_unstable();
+        lock_ids.dedup();
+        let _: i64 = sqlx::query_scalar(
+            "SELECT count(pg_advisory_xact_lock(k)) \
+             FROM (SELECT k FROM UNNEST($1::int8[]) WITH ORDINALITY AS u(k, n) ORDER BY n) s",
         )
-        .bind(&lock_keys)
+        .bind(&lock_ids)
         .fetch_one(&mut *tx)
-        .await
-        .map(|_: sqlx::postgres::PgRow| ())?;
+        .await?;
     }
 
     // Idempotency inside the batch: only the first push with a given (tenant, key) is inserted;
