@@ -44,6 +44,9 @@ mod sip_tls;
 mod sip_tshark;
 mod sip_uas_misbehave;
 
+// Push outcomes end to end: unconfirmed, receipt correlation, fallback on a failed receipt.
+mod outcomes;
+
 // Store.
 mod store_conformance;
 mod store_postgres;

@@ -174,7 +174,16 @@ impl Gateway {
         loop {
             let p = self.get_push(token, id).await;
             let st = p["state"].as_str().unwrap_or("");
-            if ["delivered", "failed", "expired", "cancelled", "superseded"].contains(&st) {
+            if [
+                "delivered",
+                "failed",
+                "expired",
+                "cancelled",
+                "superseded",
+                "unconfirmed",
+            ]
+            .contains(&st)
+            {
                 return p;
             }
             assert!(

@@ -343,3 +343,124 @@ fn rand_suffix() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed) * 1_000_003 + u64::from(std::process::id())
 }
+
+// ---------------------------------------------------------------------------------------------
+// In-process scripted SMSC
+// ---------------------------------------------------------------------------------------------
+
+/// An in-process SMSC (transceiver binds only) that answers every `submit_sm` with the same
+/// message id — as SMSCs that number per bind, wrap, or restart do — and sends delivery receipts
+/// only when the test says so. Loopback only.
+pub struct ScriptedSmsc {
+    pub port: u16,
+    /// `registered_delivery` of every submit_sm received, in order.
+    submits: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// Writer of the current session (the latest bind).
+    session: std::sync::Arc<std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>>>,
+    /// deliver_sm_resp received (receipts the gateway acknowledged).
+    acked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ScriptedSmsc {
+    pub async fn start(message_id: &str) -> ScriptedSmsc {
+        use dmpushd::codec::smpp::{self, Body, Pdu, cmd};
+        use std::sync::{Arc, Mutex, atomic::AtomicUsize};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let submits = Arc::new(Mutex::new(Vec::new()));
+        let session = Arc::new(Mutex::new(None));
+        let acked = Arc::new(AtomicUsize::new(0));
+        let (sub2, ses2, ack2) = (submits.clone(), session.clone(), acked.clone());
+        let id = message_id.to_owned();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+                *ses2.lock().unwrap() = Some(tx);
+                let (sub, ack, id) = (sub2.clone(), ack2.clone(), id.clone());
+                tokio::spawn(async move {
+                    let mut buf = bytes::BytesMut::new();
+                    loop {
+                        tokio::select! {
+                            Some(b) = rx.recv() => if s.write_all(&b).await.is_err() { return },
+                            r = s.read_buf(&mut buf) => if !matches!(r, Ok(n) if n > 0) { return },
+                        }
+                        while let Ok(Some(len)) = smpp::frame_len(&buf) {
+                            if buf.len() < len {
+                                break;
+                            }
+                            let frame = buf.split_to(len);
+                            let Ok(pdu) = Pdu::decode(&frame) else { return };
+                            let h = pdu.header;
+                            let reply = match (h.command_id, &pdu.body) {
+                                (cmd::BIND_TRANSCEIVER, _) => {
+                                    Some(Pdu::response(&h, 0, Body::IdResp("SCRIPTED".into())))
+                                }
+                                (cmd::ENQUIRE_LINK | cmd::UNBIND, _) => {
+                                    Some(Pdu::response(&h, 0, Body::Empty))
+                                }
+                                (cmd::SUBMIT_SM, Body::Sm(sm)) => {
+                                    sub.lock().unwrap().push(sm.registered_delivery);
+                                    Some(Pdu::response(&h, 0, Body::IdResp(id.clone())))
+                                }
+                                (c, _) if c == cmd::DELIVER_SM | cmd::RESP => {
+                                    ack.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                    None
+                                }
+                                _ => None,
+                            };
+                            if let Some(r) = reply
+                                && s.write_all(&r.encode().unwrap()).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        ScriptedSmsc {
+            port,
+            submits,
+            session,
+            acked,
+        }
+    }
+
+    /// `registered_delivery` of the submits so far.
+    pub fn submits(&self) -> Vec<u8> {
+        self.submits.lock().unwrap().clone()
+    }
+
+    /// Receipts the gateway acknowledged (it does so only after committing them).
+    pub fn acked(&self) -> usize {
+        self.acked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Sends a delivery receipt for message `id` with final state `stat` (DELIVRD, UNDELIV, …).
+    pub fn receipt(&self, id: &str, stat: &str) {
+        use dmpushd::codec::smpp::{self, Body, Pdu, cmd};
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(50_000);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pdu = Pdu::new(
+            cmd::DELIVER_SM,
+            seq,
+            Body::Sm(smpp::Sm {
+                esm_class: 0x04,
+                short_message: format!(
+                    "id:{id} sub:001 dlvrd:000 submit date:2611240500 done date:2611240501 stat:{stat} err:000 text:"
+                )
+                .into_bytes(),
+                ..Default::default()
+            }),
+        );
+        let tx = self
+            .session
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("a bound session");
+        tx.send(pdu.encode().unwrap()).unwrap();
+    }
+}
