@@ -476,7 +476,8 @@ impl SipBinding {
 pub fn classify(resp: &Response, transport: &str) -> Outcome {
     let what = format!("SIP {} {} (over {transport})", resp.status, resp.reason);
     match resp.status {
-        // 202: accepted by a store-and-forward element; no receipt will follow (RFC 3428 §7).
+        // 202: accepted by a store-and-forward element; no receipt will follow (RFC 3428 §7), so
+        // the push ends `unconfirmed` (empty refs, DESIGN §10.1).
         202 => Outcome::Accepted {
             detail: what,
             refs: Vec::new(),
