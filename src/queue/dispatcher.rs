@@ -222,8 +222,10 @@ impl Dispatcher {
             if claimed.is_empty() {
                 drop(permits);
                 let wait = match self.store.next_due().await {
+                    // `max(25)`: clamp panics when its bounds cross, and `poll_interval_ms` may
+                    // be as low as 10.
                     Ok(Some(t)) => Duration::from_millis(
-                        (t - now).clamp(25, self.cfg.poll.as_millis() as i64) as u64,
+                        (t - now).clamp(25, (self.cfg.poll.as_millis() as i64).max(25)) as u64,
                     ),
                     _ => self.cfg.poll,
                 };

@@ -1242,7 +1242,6 @@ async fn concurrent_claimers(s: Arc<dyn Store>) {
     assert_eq!(seen, all);
 }
 
-
 /// Retention (DESIGN §10.1): final pushes last changed before the bound go with their events
 /// and next-hop references, in batches of at most `limit`; a push that is not final never goes,
 /// however old.
@@ -1253,11 +1252,16 @@ async fn purge_final_only(s: Arc<dyn Store>) {
     for next in [Next::Delivered, Next::Failed] {
         let id = created(&s, push("t1")).await;
         let c = claim_one(&s, "w", T0).await;
-        s.complete(vec![done(&c, "w", old, next, "x")]).await.unwrap();
+        s.complete(vec![done(&c, "w", old, next, "x")])
+            .await
+            .unwrap();
         finals.push(id);
     }
     let id = created(&s, push("t1")).await;
-    assert_eq!(s.cancel("t1", &id, old).await.unwrap(), CancelResult::Cancelled);
+    assert_eq!(
+        s.cancel("t1", &id, old).await.unwrap(),
+        CancelResult::Cancelled
+    );
     finals.push(id);
     // Accepted with a reference: its ref row must go with it once a receipt settles it.
     let refd = created(&s, push("t1")).await;
