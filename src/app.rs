@@ -67,8 +67,20 @@ impl App {
                 grace: Duration::from_secs(settings.server.shutdown_grace_seconds),
                 attempt_timeout: Duration::from_secs(300),
                 receipt_grace: Duration::from_secs(q.receipt_grace_seconds),
+                retention: Duration::from_secs(settings.store.retention_seconds),
+                purge_interval: Duration::from_secs(settings.store.purge_interval_seconds),
             },
         );
+        // Before the first claim: SQLite takes back every lease an earlier process on the file
+        // left (this one holds the file's lock, so that process is gone); PostgreSQL registers
+        // this replica. The claims that follow write the takeover events (DESIGN §10.1).
+        let taken_back = store.start_replica(&owner, crate::queue::now_ms()).await?;
+        if taken_back > 0 {
+            tracing::warn!(
+                message = "Took back leases left by an earlier process; those pushes resume now and may reach their devices twice.",
+                leases = taken_back,
+            );
+        }
         let state = ApiState {
             store: store.clone(),
             bindings,

@@ -2,8 +2,8 @@
 //! Every name starts with `dmpushd_` (DESIGN §5).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -21,6 +21,11 @@ pub struct Metrics {
     pub store_seconds: HistogramVec,
     /// Pushes leased per claim: small claims under a backlog mean the claim loop is the limit.
     pub claim_size: Histogram,
+    /// Claims of a push whose lease had ended without an outcome (expired, its replica declared
+    /// dead, or its process restarted): each may deliver the push a second time (DESIGN §10.1).
+    pub lease_takeovers: IntCounter,
+    /// Final pushes deleted by retention (`store.retention_seconds`).
+    pub store_purged: IntCounter,
 }
 
 impl Metrics {
@@ -92,6 +97,16 @@ impl Metrics {
             HistogramOpts::new("dmpushd_claim_size", "Pushes leased per claim")
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
         )?;
+        let lease_takeovers = IntCounter::new(
+            "dmpushd_lease_takeovers_total",
+            "Pushes this replica claimed from a lease that ended without an outcome (a duplicate delivery is possible)",
+        )?;
+        let store_purged = IntCounter::new(
+            "dmpushd_store_purged_total",
+            "Final pushes deleted with their events after store.retention_seconds",
+        )?;
+        registry.register(Box::new(lease_takeovers.clone()))?;
+        registry.register(Box::new(store_purged.clone()))?;
         registry.register(Box::new(store_seconds.clone()))?;
         registry.register(Box::new(claim_size.clone()))?;
         for c in [
@@ -121,6 +136,8 @@ impl Metrics {
             store_errors,
             store_seconds,
             claim_size,
+            lease_takeovers,
+            store_purged,
         })
     }
 
@@ -145,5 +162,8 @@ mod tests {
             text.contains("dmpushd_queue_depth{state=\"queued\"} 0"),
             "{text}"
         );
+        // Zero from the start, so that a dashboard's rate() sees the first takeover.
+        assert!(text.contains("dmpushd_lease_takeovers_total 0"), "{text}");
+        assert!(text.contains("dmpushd_store_purged_total 0"), "{text}");
     }
 }

@@ -8,18 +8,27 @@
 //! * the housekeeper — renews the leases of in-flight pushes, expires pushes whose TTL passed,
 //!   ends `accepted` pushes whose receipt window passed `unconfirmed`, drops orphan receipts
 //!   held longer than their hold window;
+//! * the liveness task — heartbeats this replica and takes over the leases of replicas that
+//!   stopped heartbeating (PostgreSQL; DESIGN §10.1), on its own so that a slow sweep elsewhere
+//!   never delays a heartbeat into a false death;
+//! * the purger — deletes final pushes older than `store.retention_seconds`, in small batches;
 //! * the receipt consumer — applies late receipts from bindings (e.g. SMPP delivery receipts).
+//!
+//! A binding that panics costs the attempt (a transient failure, counted as outcome `panic`),
+//! never a push left `sending`.
 //!
 //! Shutdown: stop claiming, give in-flight attempts `grace` to finish, abort the rest and
 //! release their leases (they are retried, by this or another replica), flush completions.
 
 use std::{
     collections::{HashMap, HashSet},
+    panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
     task::JoinSet,
@@ -37,6 +46,18 @@ use crate::{
 /// Most receipts applied in one store transaction.
 const RECEIPT_BATCH: usize = 256;
 
+/// How often a replica heartbeats (DESIGN §10.1: a dead replica's leases are taken over within
+/// 15 s). Three beats fit in [`REPLICA_DEAD_AFTER`], so one late or failed beat is not a death.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
+/// A replica whose last heartbeat is older than this is declared dead and its leases end.
+/// With [`SWEEP_EVERY`] and a claim poll on top, takeover stays under the 15 s of DESIGN §10.1.
+pub const REPLICA_DEAD_AFTER: Duration = Duration::from_secs(10);
+/// How often each replica looks for dead ones (a query on a table of a few rows).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Final pushes deleted per purge transaction: small, so that an enqueue waiting for the
+/// writer (SQLite has one) waits for one batch at most.
+const PURGE_BATCH: u32 = 500;
+
 #[derive(Clone, Debug)]
 pub struct DispatcherConfig {
     /// Lease owner id (unique per replica).
@@ -53,6 +74,10 @@ pub struct DispatcherConfig {
     /// `queue.receipt_grace_seconds`: an `accepted` push becomes `unconfirmed` when
     /// `expires_at` + this passes without a receipt (DESIGN §10.1).
     pub receipt_grace: Duration,
+    /// Final pushes older than this (by last change) are purged (`store.retention_seconds`).
+    pub retention: Duration,
+    /// How often the purge runs (`store.purge_interval_seconds`).
+    pub purge_interval: Duration,
 }
 
 /// Default of `queue.receipt_grace_seconds` (DESIGN §10.1).
@@ -100,26 +125,31 @@ impl Dispatcher {
         ));
         let house = tokio::spawn(this.clone().housekeeper(shutdown.clone()));
         let receipts_task = tokio::spawn(this.clone().receipt_consumer(receipts, shutdown.clone()));
+        let liveness = tokio::spawn(this.clone().liveness(shutdown.clone()));
+        let purger = tokio::spawn(this.clone().purger(shutdown.clone()));
 
         let mut tasks = this
             .clone()
             .claim_loop(done_tx.clone(), shutdown.clone())
             .await;
 
-        // Drain: in-flight attempts get `grace`, then are aborted and released.
+        // Drain: in-flight attempts get `grace`, then are aborted and released. The set is read
+        // before the abort: an aborted attempt leaves it as it is dropped. One that finishes in
+        // between sent its outcome first, so the release that follows it is ignored.
         let deadline = tokio::time::sleep(this.cfg.grace);
         tokio::pin!(deadline);
+        let mut leftover: Vec<String> = Vec::new();
         loop {
             tokio::select! {
                 r = tasks.join_next() => if r.is_none() { break },
                 _ = &mut deadline => {
+                    leftover = lock(&this.inflight).iter().cloned().collect();
                     tasks.abort_all();
                     while tasks.join_next().await.is_some() {}
                     break;
                 }
             }
         }
-        let leftover: Vec<String> = lock(&this.inflight).drain().collect();
         let now = now_ms();
         for id in leftover {
             tracing::info!(message = "Releasing lease on shutdown.", push_id = %id);
@@ -139,6 +169,13 @@ impl Dispatcher {
         let _ = writer.await;
         let _ = house.await;
         let _ = receipts_task.await;
+        let _ = liveness.await;
+        let _ = purger.await;
+        // Every lease is completed or released: leave the replica set, so that nobody sweeps
+        // this replica as dead.
+        if let Err(e) = this.store.stop_replica(&this.cfg.owner).await {
+            tracing::warn!(message = "Could not deregister the replica.", error = %e);
+        }
     }
 
     async fn claim_loop(
@@ -197,8 +234,10 @@ impl Dispatcher {
             if claimed.is_empty() {
                 drop(permits);
                 let wait = match self.store.next_due().await {
+                    // `max(25)`: clamp panics when its bounds cross, and `poll_interval_ms` may
+                    // be as low as 10.
                     Ok(Some(t)) => Duration::from_millis(
-                        (t - now).clamp(25, self.cfg.poll.as_millis() as i64) as u64,
+                        (t - now).clamp(25, (self.cfg.poll.as_millis() as i64).max(25)) as u64,
                     ),
                     _ => self.cfg.poll,
                 };
@@ -208,6 +247,21 @@ impl Dispatcher {
                     _ = shutdown.cancelled() => break,
                 }
                 continue;
+            }
+            let taken: Vec<&Claimed> = claimed
+                .iter()
+                .filter(|c| c.taken_over_from.is_some())
+                .collect();
+            if !taken.is_empty() {
+                self.metrics.lease_takeovers.inc_by(taken.len() as u64);
+                for c in taken {
+                    tracing::warn!(
+                        message = "Took over a lease that ended without an outcome; the device may get this push twice.",
+                        push_id = %c.id,
+                        previous_owner = c.taken_over_from.as_deref().unwrap_or(""),
+                        attempt = c.attempt,
+                    );
+                }
             }
             {
                 let mut inflight = lock(&self.inflight);
@@ -248,6 +302,14 @@ impl Dispatcher {
         _permit: OwnedSemaphorePermit,
         done: mpsc::Sender<Completion>,
     ) {
+        // However the attempt ends (outcome sent, a panic outside the binding, or an abort at
+        // shutdown) the push leaves the in-flight set: after a panic its lease is no longer
+        // renewed, expires, and is taken over (with an event) instead of being renewed for
+        // ever in `sending`.
+        let _inflight = InflightGuard {
+            dispatcher: &self,
+            id: &push.id,
+        };
         let now = now_ms();
         let (next, detail, kind) = if push.expires_at_ms <= now {
             (Next::Expired, "ttl passed".to_owned(), None)
@@ -281,17 +343,41 @@ impl Dispatcher {
                             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
                             now: time::OffsetDateTime::now_utc(),
                         };
-                        let outcome = match tokio::time::timeout(
+                        // The call inside the future, so that a panic while building it is
+                        // caught too. AssertUnwindSafe: after a panic nothing of the delivery
+                        // is used again; the binding's own state is its to keep consistent
+                        // (its locks are poison-tolerant, as ours are).
+                        let guarded = AssertUnwindSafe(async { binding.deliver(delivery).await })
+                            .catch_unwind();
+                        let (outcome, label) = match tokio::time::timeout(
                             self.cfg.attempt_timeout,
-                            binding.deliver(delivery),
+                            guarded,
                         )
                         .await
                         {
-                            Ok(o) => o,
-                            Err(_) => Outcome::Transient {
-                                reason: "attempt timed out".into(),
-                                retry_after: None,
-                            },
+                            Ok(Ok(o)) => {
+                                let label = o.label();
+                                (o, label)
+                            }
+                            Ok(Err(panic)) => {
+                                let reason =
+                                    format!("binding panicked: {}", panic_message(&*panic));
+                                tracing::error!(message = "Binding panicked during an attempt; counted as a transient failure.", binding = %kind, reason = %reason);
+                                (
+                                    Outcome::Transient {
+                                        reason,
+                                        retry_after: None,
+                                    },
+                                    "panic",
+                                )
+                            }
+                            Err(_) => (
+                                Outcome::Transient {
+                                    reason: "attempt timed out".into(),
+                                    retry_after: None,
+                                },
+                                "transient",
+                            ),
                         };
                         self.metrics
                             .attempt_seconds
@@ -299,7 +385,7 @@ impl Dispatcher {
                             .observe(start.elapsed().as_secs_f64());
                         self.metrics
                             .deliveries
-                            .with_label_values(&[kind.as_str(), outcome.label()])
+                            .with_label_values(&[kind.as_str(), label])
                             .inc();
                         let (next, detail) = decide(
                             &push,
@@ -312,7 +398,7 @@ impl Dispatcher {
                         tracing::info!(
                             message = "Attempt finished.",
                             binding = %kind,
-                            outcome = outcome.label(),
+                            outcome = label,
                             detail = %detail,
                         );
                         (next, detail, Some(kind))
@@ -329,12 +415,92 @@ impl Dispatcher {
             next,
             detail,
         };
-        // Remove from the in-flight set only once the writer has the completion, so that the
-        // lease keeps being renewed until then.
+        // Removed from the in-flight set (by the guard) only once the writer has the
+        // completion, so that the lease keeps being renewed until then.
         let _ = done.send(completion).await;
-        let mut inflight = lock(&self.inflight);
-        inflight.remove(&push.id);
-        self.metrics.leases_held.set(inflight.len() as i64);
+    }
+
+    /// Heartbeats this replica and sweeps dead ones (both no-ops on a store one process owns).
+    async fn liveness(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_beat: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {},
+                _ = shutdown.cancelled() => break,
+            }
+            let now = now_ms();
+            if last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT_EVERY) {
+                match self.store.heartbeat(&self.cfg.owner, now).await {
+                    Ok(()) => last_beat = Some(Instant::now()),
+                    Err(e) => {
+                        self.metrics
+                            .store_errors
+                            .with_label_values(&["heartbeat"])
+                            .inc();
+                        tracing::warn!(message = "Heartbeat failed.", error = %e);
+                    }
+                }
+            }
+            let dead_before = now - REPLICA_DEAD_AFTER.as_millis() as i64;
+            match self.store.sweep_dead_replicas(dead_before, now).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    message = "A replica stopped heartbeating; its leases are taken over now.",
+                    leases = n
+                ),
+                Err(e) => {
+                    self.metrics
+                        .store_errors
+                        .with_label_values(&["sweep"])
+                        .inc();
+                    tracing::warn!(message = "Dead-replica sweep failed.", error = %e);
+                }
+            }
+        }
+    }
+
+    /// Deletes final pushes older than the retention, every purge interval, in batches of
+    /// [`PURGE_BATCH`] with a yield between them so that accepts are never held up for long.
+    async fn purger(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.cfg.purge_interval.max(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let retention = i64::try_from(self.cfg.retention.as_millis()).unwrap_or(i64::MAX);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {},
+                _ = shutdown.cancelled() => break,
+            }
+            let before = now_ms().saturating_sub(retention);
+            let mut purged = 0;
+            while !shutdown.is_cancelled() {
+                match self.store.purge(before, PURGE_BATCH).await {
+                    Ok(n) => {
+                        purged += n;
+                        self.metrics.store_purged.inc_by(n);
+                        if n < u64::from(PURGE_BATCH) {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .store_errors
+                            .with_label_values(&["purge"])
+                            .inc();
+                        tracing::warn!(message = "Purge failed.", error = %e);
+                        break;
+                    }
+                }
+            }
+            if purged > 0 {
+                tracing::info!(
+                    message = "Purged final pushes past retention.",
+                    count = purged
+                );
+            }
+        }
     }
 
     async fn housekeeper(self: Arc<Self>, shutdown: CancellationToken) {
@@ -535,6 +701,34 @@ async fn completion_writer(
 fn acknowledge(r: &Receipt, committed: bool) {
     if let Some(ack) = &r.ack {
         ack.done(committed);
+    }
+}
+
+/// Removes one push from the in-flight set when its attempt ends, however it ends.
+struct InflightGuard<'a> {
+    dispatcher: &'a Dispatcher,
+    id: &'a str,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        let mut inflight = lock(&self.dispatcher.inflight);
+        inflight.remove(self.id);
+        self.dispatcher
+            .metrics
+            .leases_held
+            .set(inflight.len() as i64);
+    }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
     }
 }
 

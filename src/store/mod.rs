@@ -130,6 +130,19 @@ pub struct Claimed {
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
     pub callback_url: Option<String>,
+    /// The owner whose lease this claim took over (it expired, or its replica was declared dead,
+    /// or the process restarted on the same SQLite file): the previous attempt may have reached
+    /// the device, so this one can be a duplicate. `None` for a push that was waiting.
+    pub taken_over_from: Option<String>,
+}
+
+/// The detail of the `sending` event a takeover writes on the push (both stores write exactly
+/// this text; PostgreSQL builds it in SQL with `format()`, and the conformance suite compares).
+pub fn takeover_detail(previous_owner: &str, previous_attempt: u32, owner: &str) -> String {
+    format!(
+        "lease of {previous_owner} ended with attempt {previous_attempt} unfinished: taken over by \
+         {owner}; the device may receive this push twice"
+    )
 }
 
 /// What an attempt led to.
@@ -214,6 +227,17 @@ pub enum StoreError {
     GroupCommit { message: String, transient: bool },
     #[error("store is shutting down")]
     Closed,
+    /// A SQLite file has one owner process (DESIGN §10.1); another one holds it.
+    #[error(
+        "SQLite database {path} is owned by another dmpushd process ({holder}); one process per \
+         database file: stop that one first, or use PostgreSQL to run several replicas"
+    )]
+    Owned { path: String, holder: String },
+    #[error("cannot lock the SQLite database {path}: {source}")]
+    Lock {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("unsupported store url {0:?} (expected sqlite:// or postgres://)")]
     Url(String),
 }
@@ -227,7 +251,11 @@ impl StoreError {
             Self::Database(e) => sqlx_is_transient(e),
             Self::GroupCommit { transient, .. } => *transient,
             Self::Closed => true,
-            Self::Migrate(_) | Self::Decode(_) | Self::Url(_) => false,
+            Self::Migrate(_)
+            | Self::Decode(_)
+            | Self::Url(_)
+            | Self::Owned { .. }
+            | Self::Lock { .. } => false,
         }
     }
 }
@@ -296,6 +324,11 @@ pub struct StoreOptions {
     pub auto_migrate: bool,
     /// Seconds to wait for a busy database / a pool connection.
     pub busy_timeout_secs: u64,
+    /// Final pushes whose last change (`updated_at`) is older than this are deleted with their
+    /// events and next-hop references (DESIGN §10.1); `GET` then answers 404.
+    pub retention_seconds: u64,
+    /// How often the purge runs (each run deletes in small batches until nothing is left).
+    pub purge_interval_seconds: u64,
 }
 
 impl Default for StoreOptions {
@@ -306,6 +339,8 @@ impl Default for StoreOptions {
             max_batch: 512,
             auto_migrate: true,
             busy_timeout_secs: 10,
+            retention_seconds: 2_592_000, // 30 days
+            purge_interval_seconds: 300,
         }
     }
 }
@@ -342,6 +377,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Leases up to `limit` due pushes (queued/retry_wait with `next_attempt_at <= now` and not
     /// expired, or `sending` with an expired lease), highest priority first, counting an attempt.
+    /// Taking over an expired lease writes a `sending` event ([`takeover_detail`]) in the same
+    /// transaction and sets [`Claimed::taken_over_from`].
     async fn claim(
         &self,
         owner: &str,
@@ -390,6 +427,41 @@ pub trait Store: Send + Sync + 'static {
     /// Number of pushes per state.
     async fn queue_depth(&self) -> Result<Vec<(PushState, u64)>, StoreError>;
 
+    /// Deletes up to `limit` final pushes (see [`PushState::is_final`]) last changed before
+    /// `before_ms`, with their events and next-hop references, in one transaction; returns how
+    /// many pushes it deleted. Never touches a push that is not final. Callers loop in small
+    /// batches so that enqueues (which share the writer) wait at most one batch.
+    async fn purge(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError>;
+
+    /// Start-up of the serving process whose lease owner id is `owner`, before it claims.
+    /// SQLite (one owner process per file, see [`sqlite`]): every lease an earlier process left
+    /// is made claimable at once. PostgreSQL: registers the replica (first heartbeat) and makes
+    /// claimable the leases an earlier process with the same id left. Returns how many leases
+    /// were taken back; the claims that follow write the takeover events.
+    async fn start_replica(&self, owner: &str, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// Liveness of a replica sharing the store (PostgreSQL); a no-op where one process owns the
+    /// store.
+    async fn heartbeat(&self, _owner: &str, _now_ms: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Declares dead every replica whose last heartbeat is older than `dead_before_ms`, and
+    /// makes the leases they hold claimable now (the claims that follow write the takeover
+    /// events). Returns how many leases it freed. A no-op where one process owns the store.
+    async fn sweep_dead_replicas(
+        &self,
+        _dead_before_ms: i64,
+        _now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    /// A cleanly stopped replica removes its row (its leases were completed or released).
+    async fn stop_replica(&self, _owner: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Pushes `owner` currently holds a lease on (`sending`), for a per-replica gauge.
     /// Default 0 for stores that do not track it.
     async fn leases_held(&self, _owner: &str) -> Result<u64, StoreError> {
@@ -418,6 +490,14 @@ pub async fn migrate(opts: &StoreOptions) -> Result<(), StoreError> {
     let mut opts = opts.clone();
     opts.auto_migrate = true;
     open(&opts).await.map(|_| ())
+}
+
+/// The final states (a purge deletes only these), in a fixed order.
+pub(crate) fn final_states() -> Vec<PushState> {
+    PushState::ALL
+        .into_iter()
+        .filter(|s| s.is_final())
+        .collect()
 }
 
 /// Column decoders shared by both implementations: stored text back into domain types.

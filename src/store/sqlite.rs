@@ -5,8 +5,22 @@
 //! drains every request waiting on its channel into one transaction and one fsync, then answers
 //! each caller — so a `202` is durable and throughput grows with concurrency instead of being
 //! capped at one fsync per push.
+//!
+//! **One owner process per file** (DESIGN §10.1). Opening takes an exclusive lock on
+//! `<file>.lock` (`flock`, released by the kernel when the process dies, even on `kill -9`) and
+//! holds it as long as the store lives; a second process on the same file fails at once with
+//! [`StoreError::Owned`]. So every lease found in the file at start-up belongs to a process that
+//! is gone, and [`Store::start_replica`] makes them all claimable at once instead of after
+//! `queue.lease_seconds`.
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{
+    fs::{File, OpenOptions},
+    io::{Read, Write},
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
 
 use sqlx::{
     QueryBuilder, Row, Sqlite, SqlitePool, Transaction,
@@ -18,13 +32,13 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{
     CancelResult, Claimed, Completion, Device, DeviceCache, Enqueued, NewPush, PushEvent,
-    PushFilter, PushRecord, PushState, ReceiptEffect, Store, StoreError, StoreOptions, from_json,
-    parse_binding, parse_content_type, parse_state,
+    PushFilter, PushRecord, PushState, ReceiptEffect, Store, StoreError, StoreOptions,
+    final_states, from_json, parse_binding, parse_content_type, parse_state,
     rules::{
         self, CollapseScope, FirstByKey, HeldRef, PushView, RefClaim, RefRow, RefStatus,
         Settlement, is_same_request,
     },
-    to_json,
+    takeover_detail, to_json,
 };
 use crate::domain::{BindingKind, DeviceBinding, NextHopRef, Receipt};
 
@@ -48,12 +62,18 @@ pub struct SqliteStore {
     /// Always enabled: this process is the only writer of the file, and its device writes
     /// update the cache after commit.
     devices: DeviceCache,
+    /// This process's exclusive claim on the file (`None` for an in-memory database); the
+    /// kernel releases it when the file is closed, i.e. when the store is dropped or the process
+    /// dies.
+    _owner: Option<File>,
 }
 
 impl SqliteStore {
     pub async fn open(opts: &StoreOptions) -> Result<Self, StoreError> {
         let url = &opts.url;
         create_parent_dir(url);
+        // Before anything touches the file (migrations included).
+        let owner = db_path(url).map(|p| take_ownership(&p)).transpose()?;
         let connect = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -90,23 +110,75 @@ impl SqliteStore {
             enqueue_tx,
             wakeup,
             devices: DeviceCache::new(true),
+            _owner: owner,
         })
     }
 }
 
-fn create_parent_dir(url: &str) {
+/// The database file named by a `sqlite:` URL; `None` for an in-memory database.
+fn db_path(url: &str) -> Option<PathBuf> {
     let path = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:");
     let path = path.split('?').next().unwrap_or(path);
-    if path.is_empty() || path.starts_with(':') {
-        return;
+    if path.is_empty() || path.starts_with(':') || url.contains("mode=memory") {
+        return None;
     }
-    if let Some(parent) = std::path::Path::new(path).parent()
+    Some(PathBuf::from(path))
+}
+
+fn create_parent_dir(url: &str) {
+    if let Some(path) = db_path(url)
+        && let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
     {
         // An error here surfaces as a clearer "unable to open database file" right after.
         let _ = std::fs::create_dir_all(parent);
+    }
+}
+
+/// Locks `<db>.lock` exclusively for as long as the returned file is open, and writes this
+/// process's id into it for the error message of the next one. A separate file rather than the
+/// database itself: SQLite's own locks on the database are POSIX record locks, which some
+/// file systems (NFS) emulate `flock` with, so the two would collide.
+fn take_ownership(db: &Path) -> Result<File, StoreError> {
+    let mut lock_path = db.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let lock_err = |source| StoreError::Lock {
+        path: lock_path.display().to_string(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => {
+            // Informational only: the lock is the claim, not the content.
+            let _ = file
+                .set_len(0)
+                .and_then(|()| write!(file, "{}", std::process::id()))
+                .and_then(|()| file.flush());
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            Err(StoreError::Owned {
+                path: db.display().to_string(),
+                holder: if pid.is_empty() {
+                    format!("lock {}", lock_path.display())
+                } else {
+                    format!("pid {pid}, lock {}", lock_path.display())
+                },
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
     }
 }
 
@@ -530,12 +602,16 @@ fn claimed_from_row(r: &SqliteRow) -> Result<Claimed, StoreError> {
         created_at_ms: r.try_get("created_at")?,
         expires_at_ms: r.try_get("expires_at")?,
         callback_url: r.try_get("callback_url")?,
+        taken_over_from: None,
     })
 }
 
 const CLAIM_RETURNING: &str =
     "RETURNING id, tenant, device_id, bindings, binding_choice, binding_index,
     content_type, body, attempts, max_attempts, created_at, expires_at, callback_url";
+
+/// Final pushes per purge statement: bounded by SQLite's bound-variable limit for the IN lists.
+const PURGE_CHUNK: u32 = 2_000;
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
@@ -734,24 +810,63 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Claimed>, StoreError> {
         let until = now_ms + lease.as_millis() as i64;
         let mut tx = self.write.begin().await?;
-        // Takeover first: a crashed worker's pushes are older than anything newly due.
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE pushes SET lease_owner = ?1, lease_until = ?2, attempts = attempts + 1, updated_at = ?3
-             WHERE id IN (SELECT id FROM pushes WHERE state = 'sending' AND lease_until <= ?3 LIMIT ?4)
-             {CLAIM_RETURNING}"
-        )))
-        .bind(owner)
-        .bind(until)
+        // Takeover first: a crashed worker's pushes are older than anything newly due. The
+        // previous owners are read first (RETURNING shows only new values); the single writer
+        // connection makes the read and the update one consistent step.
+        let stale: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT id, lease_owner FROM pushes INDEXED BY pushes_lease
+             WHERE state = 'sending' AND lease_until <= ?1 ORDER BY lease_until LIMIT ?2",
+        )
         .bind(now_ms)
         .bind(limit as i64)
         .fetch_all(&mut *tx)
         .await?;
+        let mut rows = Vec::with_capacity(limit as usize);
+        let mut previous = std::collections::HashMap::with_capacity(stale.len());
+        if !stale.is_empty() {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE pushes SET lease_owner = ");
+            q.push_bind(owner)
+                .push(", lease_until = ")
+                .push_bind(until)
+                .push(", attempts = attempts + 1, updated_at = ")
+                .push_bind(now_ms)
+                .push(" WHERE id IN (");
+            let mut sep = q.separated(", ");
+            for (id, _) in &stale {
+                sep.push_bind(id);
+            }
+            q.push(") ").push(CLAIM_RETURNING);
+            rows = q.build().fetch_all(&mut *tx).await?;
+            previous = stale.into_iter().collect();
+        }
+        let mut claimed = Vec::with_capacity(limit as usize);
+        for r in &rows {
+            let mut c = claimed_from_row(r)?;
+            let was = previous
+                .remove(&c.id)
+                .flatten()
+                .unwrap_or_else(|| "an unknown owner".into());
+            let detail = takeover_detail(&was, c.attempt.saturating_sub(1), owner);
+            insert_event(
+                &mut tx,
+                &c.id,
+                now_ms,
+                PushState::Sending,
+                None,
+                c.attempt,
+                &detail,
+            )
+            .await?;
+            c.taken_over_from = Some(was);
+            claimed.push(c);
+        }
+        rows.clear();
         // Due pushes, high priority first. One range scan per priority level (the API knows
         // 1 = high and 0 = normal): with the level fixed, the `pushes_due` index yields rows in
         // `next_attempt_at` order and the scan stops at the first one not yet due — instead of
         // walking every waiting push (e.g. a million scheduled for tomorrow) on each claim.
         for priority in [1i64, 0] {
-            let left = limit as i64 - rows.len() as i64;
+            let left = limit as i64 - (claimed.len() + rows.len()) as i64;
             if left <= 0 {
                 break;
             }
@@ -775,7 +890,10 @@ impl Store for SqliteStore {
             );
         }
         tx.commit().await?;
-        rows.iter().map(claimed_from_row).collect()
+        for r in &rows {
+            claimed.push(claimed_from_row(r)?);
+        }
+        Ok(claimed)
     }
 
     async fn complete(&self, batch: Vec<Completion>) -> Result<(), StoreError> {
@@ -872,6 +990,68 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(rows.len() as u64)
+    }
+
+    async fn purge(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let mut ids: Vec<String> = Vec::new();
+        // One range scan of `pushes_purge` per final state.
+        for state in final_states() {
+            let left = i64::from(limit.min(PURGE_CHUNK)) - ids.len() as i64;
+            if left <= 0 {
+                break;
+            }
+            ids.extend(
+                sqlx::query_scalar::<_, String>(
+                    "SELECT id FROM pushes INDEXED BY pushes_purge
+                     WHERE state = ?1 AND updated_at < ?2 LIMIT ?3",
+                )
+                .bind(state.as_str())
+                .bind(before_ms)
+                .bind(left)
+                .fetch_all(&mut *tx)
+                .await?,
+            );
+        }
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        for table in ["push_events", "push_refs"] {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new(format!("DELETE FROM {table} WHERE push_id IN ("));
+            let mut sep = q.separated(", ");
+            for id in &ids {
+                sep.push_bind(id);
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM pushes WHERE id IN (");
+        let mut sep = q.separated(", ");
+        for id in &ids {
+            sep.push_bind(id);
+        }
+        q.push(")");
+        let n = q.build().execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn start_replica(&self, _owner: &str, now_ms: i64) -> Result<u64, StoreError> {
+        // This process holds the file's lock, so every lease in it belongs to a process that
+        // is gone (whatever its owner id: a fixed `queue.replica_id` is reused by a restart):
+        // all of them end now, and the next claim takes them over (with an event).
+        let r = sqlx::query(
+            "UPDATE pushes SET lease_until = ?1
+             WHERE state = 'sending' AND (lease_until IS NULL OR lease_until > ?1)",
+        )
+        .bind(now_ms)
+        .execute(&self.write)
+        .await?;
+        if r.rows_affected() > 0 {
+            self.wakeup.notify_one();
+        }
+        Ok(r.rows_affected())
     }
 
     async fn apply_receipts(

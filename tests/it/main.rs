@@ -22,6 +22,7 @@ mod api_wap;
 // The binary: configuration contract, crash safety, several replicas.
 mod cli;
 mod crash;
+mod recovery;
 mod replicas;
 
 // Codecs against goldens, properties and independent implementations.

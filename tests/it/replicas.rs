@@ -1,6 +1,8 @@
-//! Two `dmpushd serve` processes on one PostgreSQL database (issue #6 acceptance 2 and 3), with
-//! a local HTTPS receiver counting deliveries: every push delivered once, the load shared; then
-//! `kill -9` of one replica mid-run, the other taking over its leases.
+//! Two `dmpushd serve` processes on one PostgreSQL database (issue #6 acceptance 2 and 3, issue 10
+//! acceptance 5), with a local HTTPS receiver counting deliveries: every push delivered once, the
+//! load shared; then `kill -9` of one replica mid-run, the other taking over its leases within
+//! 15 s of the kill although `lease_seconds` is 60 (the dead replica stops heartbeating), with a
+//! takeover event on each and its counter; a cleanly stopped replica leaves the replica set.
 
 use std::{
     collections::HashMap,
@@ -45,7 +47,7 @@ fn config(
         &path,
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_seconds = 1\n[store]\nurl = \"{db_url}\"\n\
-             [queue]\nreplica_id = \"{name}\"\nworkers = 32\nlease_seconds = 3\nper_target_concurrency = 64\n\
+             [queue]\nreplica_id = \"{name}\"\nworkers = 32\nlease_seconds = 60\nper_target_concurrency = 64\n\
              poll_interval_ms = 200\n[[tenants]]\nname = \"t\"\ntoken = \"{TOKEN}\"\n\
              [bindings.http]\nallow_targets = [\"127.0.0.0/8\"]\nca_file = \"{}\"\n[log]\nlevel = \"warn\"\n",
             ca.display()
@@ -189,26 +191,88 @@ async fn two_replicas_share_the_queue_and_survive_kill_9() {
     }
     replicas[0].child.kill().unwrap();
     replicas[0].child.wait().unwrap();
+    let killed = Instant::now();
     let pool = sqlx::PgPool::connect(&pg.url).await.unwrap();
-    let (held,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM pushes WHERE state = 'sending' AND lease_owner = 'r1'",
+    let orphaned: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM pushes WHERE state = 'sending' AND lease_owner = 'r1'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let held = orphaned.len() as i64;
+    assert!(held > 0, "the kill came too late to test anything");
+    // r1's pushes are final within 15 s (dead-replica detection) plus delivery time, although
+    // their leases run for 60 s.
+    loop {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pushes WHERE id = ANY($1) \
+             AND state NOT IN ('delivered', 'failed', 'expired', 'cancelled', 'superseded', 'unconfirmed')",
+        )
+        .bind(&orphaned)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "{open} of r1's {held} pushes not final 20 s after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recovered_in = killed.elapsed();
+    // Each carries one takeover event naming r1.
+    let events: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM push_events WHERE push_id = ANY($1) AND state = 'sending' \
+         AND detail LIKE 'lease of r1 %taken over by r2%'",
     )
+    .bind(&orphaned)
     .fetch_one(&pool)
     .await
     .unwrap();
-    pool.close().await;
+    assert_eq!(events, held, "one takeover event per lease r1 held");
+    let text = http
+        .get(format!("{}/metrics", bases[1]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&text, "dmpushd_lease_takeovers_total") as i64,
+        held,
+        "r2 counts its takeovers"
+    );
     assert_eq!(feeder.await.unwrap(), M);
     wait_all_delivered(&pg.url, (N + M) as i64).await;
     let seen = bodies(&rx);
     assert_eq!(seen.len(), N + M, "no push lost");
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     println!(
-        "replicas: kill -9 of r1 with {held} leases held; {duplicates} duplicate deliveries after takeover"
+        "replicas: kill -9 of r1 with {held} leases held (lease 60 s); all final {:.1} s after the kill; \
+         {duplicates} duplicate deliveries after takeover",
+        recovered_in.as_secs_f64()
     );
     assert!(
         duplicates as i64 <= held,
         "duplicates {duplicates} > leases held by the killed replica {held}"
     );
-    let _ = replicas[1].child.kill();
-    let _ = replicas[1].child.wait();
+    // A clean stop (SIGTERM) of r2 removes its heartbeat row; r1's was swept as dead.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &replicas[1].child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while replicas[1].child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "r2 did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left: Vec<String> = sqlx::query_scalar("SELECT id FROM replicas")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "replica rows left: {left:?}");
+    pool.close().await;
 }

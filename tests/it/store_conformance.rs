@@ -9,7 +9,7 @@ use dmpushd::{
     binding::{BindingKind, NextHopRef, Receipt},
     store::{
         CancelResult, Claimed, Completion, Device, DmCredentials, Enqueued, Next, PushFilter,
-        PushState, ReceiptEffect, Store,
+        PushState, ReceiptEffect, Store, takeover_detail,
     },
 };
 
@@ -164,6 +164,8 @@ async fn lease_expiry_and_takeover(s: Arc<dyn Store>) {
     let b = s.claim("replica-b", T0 + 1_000, lease, 1).await.unwrap();
     assert_eq!(b.len(), 1, "expired lease is taken over");
     assert_eq!((b[0].id.as_str(), b[0].attempt), (id.as_str(), 2));
+    assert_eq!(b[0].taken_over_from.as_deref(), Some("replica-a"));
+    assert_eq!(a.taken_over_from, None, "a waiting push is no takeover");
     // Taken over exactly once.
     assert!(
         s.claim("replica-c", T0 + 1_001, lease, 1)
@@ -184,7 +186,19 @@ async fn lease_expiry_and_takeover(s: Arc<dyn Store>) {
     .unwrap();
     let r = s.get_push("t1", &id).await.unwrap().unwrap();
     assert_eq!(r.state, PushState::Sending);
-    assert_eq!(r.events.len(), 1);
+    // accepted, then the takeover (DESIGN §10.1: a possible duplicate is visible).
+    assert_eq!(r.events.len(), 2);
+    let t = &r.events[1];
+    assert_eq!(
+        (t.at_ms, t.state, t.attempt, t.detail.as_str()),
+        (
+            T0 + 1_000,
+            PushState::Sending,
+            2,
+            takeover_detail("replica-a", 1, "replica-b").as_str()
+        )
+    );
+    assert!(t.detail.contains("taken over"), "{}", t.detail);
     // B's renew keeps it; A's renew does nothing.
     s.renew("replica-a", std::slice::from_ref(&id), T0 + 60_000)
         .await
@@ -238,7 +252,12 @@ async fn lease_expiry_and_takeover(s: Arc<dyn Store>) {
         (last.state, last.attempt, last.detail.as_str()),
         (PushState::Delivered, 3, "ok")
     );
-    assert_eq!(r.events.len(), 2);
+    // accepted, taken over by B, taken over by C, delivered.
+    assert_eq!(r.events.len(), 4);
+    assert_eq!(
+        r.events[2].detail,
+        takeover_detail("replica-b", 2, "replica-c")
+    );
 }
 
 async fn retry_backoff(s: Arc<dyn Store>) {
@@ -1576,6 +1595,101 @@ async fn collapse_is_scoped_to_the_device(s: Arc<dyn Store>) {
     assert_eq!(state_of(&s, "t1", &b).await, PushState::Queued);
 }
 
+/// Retention (DESIGN §10.1): final pushes last changed before the bound go with their events
+/// and next-hop references, in batches of at most `limit`; a push that is not final never goes,
+/// however old.
+async fn purge_final_only(s: Arc<dyn Store>) {
+    let old = T0 + 1_000;
+    // Final pushes (delivered, failed, cancelled, delivered by receipt), last changed at `old`.
+    let mut finals = Vec::new();
+    for next in [Next::Delivered, Next::Failed] {
+        let id = created(&s, push("t1")).await;
+        let c = claim_one(&s, "w", T0).await;
+        s.complete(vec![done(&c, "w", old, next, "x")])
+            .await
+            .unwrap();
+        finals.push(id);
+    }
+    let id = created(&s, push("t1")).await;
+    assert_eq!(
+        s.cancel("t1", &id, old).await.unwrap(),
+        CancelResult::Cancelled
+    );
+    finals.push(id);
+    // Accepted with a reference: its ref row must go with it once a receipt settles it.
+    let refd = created(&s, push("t1")).await;
+    let c = claim_one(&s, "w", T0).await;
+    s.complete(vec![done(
+        &c,
+        "w",
+        T0,
+        Next::Accepted {
+            refs: vec![nh("purge-ref")],
+        },
+        "submitted",
+    )])
+    .await
+    .unwrap();
+    let e = s
+        .apply_receipt(&receipt("purge-ref", true, "DELIVRD"), old)
+        .await
+        .unwrap();
+    assert!(matches!(e, ReceiptEffect::Finished { .. }), "{e:?}");
+    finals.push(refd);
+    // Not final, and old: leased (`sending`), accepted awaiting a receipt, waiting, scheduled.
+    let sending = created(&s, push("t1")).await;
+    let accepted = created(&s, push("t1")).await;
+    let mut leased = s.claim("w", T0, LEASE, 2).await.unwrap();
+    assert_eq!(leased.len(), 2);
+    leased.retain(|c| c.id == accepted);
+    s.complete(vec![done(
+        &leased[0],
+        "w",
+        T0,
+        Next::Accepted {
+            refs: vec![nh("pending-ref")],
+        },
+        "submitted",
+    )])
+    .await
+    .unwrap();
+    let waiting = created(&s, push("t1")).await;
+    let mut future = push("t1");
+    future.not_before_ms = T0 + 3_600_000;
+    let scheduled = created(&s, future).await;
+    let not_final = [waiting.clone(), scheduled, sending, accepted];
+    let rec = s.get_push("t1", &waiting).await.unwrap().unwrap();
+    assert!(!rec.state.is_final());
+
+    // Nothing is older than the bound yet.
+    assert_eq!(s.purge(old, 100).await.unwrap(), 0);
+    // Batches: at most `limit` per call, until nothing is left.
+    assert_eq!(s.purge(old + 1, 3).await.unwrap(), 3);
+    assert_eq!(s.purge(old + 1, 3).await.unwrap(), 1);
+    assert_eq!(s.purge(old + 1, 3).await.unwrap(), 0);
+    for id in &finals {
+        assert!(s.get_push("t1", id).await.unwrap().is_none(), "{id} purged");
+    }
+    // Even with a bound far in the future, nothing that is not final goes.
+    assert_eq!(s.purge(i64::MAX, 100).await.unwrap(), 0);
+    for id in &not_final {
+        assert!(s.get_push("t1", id).await.unwrap().is_some(), "{id} kept");
+    }
+    // The purged push's reference went with it: the same reference now names nobody, so a
+    // receipt for it is held (pending) instead of finding the deleted push.
+    let e = s
+        .apply_receipt(&receipt("purge-ref", true, "DELIVRD"), old + 2)
+        .await
+        .unwrap();
+    assert_eq!(e, ReceiptEffect::Pending);
+    // The accepted push still settles by its receipt.
+    let e = s
+        .apply_receipt(&receipt("pending-ref", true, "DELIVRD"), old + 3)
+        .await
+        .unwrap();
+    assert!(matches!(e, ReceiptEffect::Finished { .. }), "{e:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 
 macro_rules! conformance {
@@ -1629,6 +1743,7 @@ conformance!(
     orphan_receipts_are_held_then_dropped,
     failed_receipt_falls_back_under_auto,
     collapse_is_scoped_to_the_device,
+    purge_final_only,
 );
 
 /// PostgreSQL only: per-owner lease count (the default trait method answers 0).

@@ -26,31 +26,49 @@ pub(super) async fn claim(
     // scan over all levels could not stop, and walked every waiting push (a million
     // scheduled for tomorrow) on each claim. The best `limit` of the union is leased; the few
     // extra locked rows are released at commit.
+    //
+    // A takeover writes a `sending` event in the same statement (data-modifying CTEs commit
+    // together), with the text of `store::takeover_detail`, which the conformance suite
+    // compares with SQLite's.
     let rows = sqlx::query(
         "WITH t AS ( \
-                 SELECT id, priority, next_attempt_at FROM pushes \
+                 SELECT id, priority, next_attempt_at, lease_owner AS was, true AS taken FROM pushes \
                  WHERE state = 'sending' AND lease_until <= $1 \
                  ORDER BY priority DESC, next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
              d1 AS ( \
-                 SELECT id, priority, next_attempt_at FROM pushes \
+                 SELECT id, priority, next_attempt_at, NULL::text AS was, false AS taken \
+                 FROM pushes \
                  WHERE state IN ('queued', 'retry_wait') AND priority = 1 \
                    AND next_attempt_at <= $1 AND expires_at > $1 \
                  ORDER BY priority DESC, next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
              d0 AS ( \
-                 SELECT id, priority, next_attempt_at FROM pushes \
+                 SELECT id, priority, next_attempt_at, NULL::text AS was, false AS taken \
+                 FROM pushes \
                  WHERE state IN ('queued', 'retry_wait') AND priority = 0 \
                    AND next_attempt_at <= $1 AND expires_at > $1 \
                  ORDER BY priority DESC, next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
              c AS ( \
-                 SELECT id FROM (SELECT * FROM t UNION ALL SELECT * FROM d1 \
-                                 UNION ALL SELECT * FROM d0) u \
-                 ORDER BY priority DESC, next_attempt_at LIMIT $3) \
-             UPDATE pushes p SET state = 'sending', lease_owner = $2, lease_until = $4, \
-                 attempts = p.attempts + 1, updated_at = $1 \
-             FROM c WHERE p.id = c.id \
-             RETURNING p.id, p.tenant, p.device_id, p.bindings, p.binding_choice, \
-                 p.binding_index, p.content_type, p.body, p.attempts, p.max_attempts, \
-                 p.created_at, p.expires_at, p.callback_url, p.priority, p.next_attempt_at",
+                 SELECT id, taken, was \
+                 FROM (SELECT * FROM t UNION ALL SELECT * FROM d1 \
+                       UNION ALL SELECT * FROM d0) u \
+                 ORDER BY priority DESC, next_attempt_at LIMIT $3), \
+             l AS ( \
+                 UPDATE pushes p SET state = 'sending', lease_owner = $2, lease_until = $4, \
+                     attempts = p.attempts + 1, updated_at = $1 \
+                 FROM c WHERE p.id = c.id \
+                 RETURNING p.id, p.tenant, p.device_id, p.bindings, p.binding_choice, \
+                     p.binding_index, p.content_type, p.body, p.attempts, p.max_attempts, \
+                     p.created_at, p.expires_at, p.callback_url, p.priority, \
+                     p.next_attempt_at, c.taken, \
+                     CASE WHEN c.taken THEN coalesce(c.was, 'an unknown owner') END AS was), \
+             e AS ( \
+                 INSERT INTO push_events (push_id, at, state, binding, attempt, detail) \
+                 SELECT id, $1, 'sending', NULL, attempts, \
+                     format('lease of %s ended with attempt %s unfinished: taken over by %s; \
+                             the device may receive this push twice', \
+                            was, attempts - 1, $2) \
+                 FROM l WHERE taken) \
+         SELECT * FROM l",
     )
     .bind(now_ms)
     .bind(owner)
@@ -80,6 +98,7 @@ pub(super) async fn claim(
                 created_at_ms: r.try_get("created_at")?,
                 expires_at_ms: r.try_get("expires_at")?,
                 callback_url: r.try_get("callback_url")?,
+                taken_over_from: r.try_get("was")?,
             },
         ));
     }

@@ -21,6 +21,8 @@
 //!   while the listener is disconnected the cache is off (reads go to the database) and it
 //!   restarts empty.
 //! * **Connection set-up** (`connect.rs`): pool, TCP_NODELAY, migrations, background tasks.
+//! * **Replicas and retention** (`replicas.rs`): heartbeats, the dead-replica sweep that frees
+//!   their leases at once, and the batched purge of old final pushes.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -40,6 +42,7 @@ mod complete;
 mod connect;
 mod enqueue;
 mod listen;
+mod replicas;
 
 /// NOTIFY channel shared by all replicas of one database.
 pub const WAKEUP_CHANNEL: &str = "dmpushd_wakeup";
@@ -400,6 +403,40 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<Vec<(BindingKind, u64)>, StoreError> {
         complete::drop_orphan_receipts(&self.pool, now_ms, limit).await
+    }
+
+    async fn purge(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        let states = super::final_states();
+        let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+        replicas::purge(&self.pool, &states, before_ms, limit).await
+    }
+
+    async fn start_replica(&self, owner: &str, now_ms: i64) -> Result<u64, StoreError> {
+        let n = replicas::start(&self.pool, owner, now_ms).await?;
+        if n > 0 {
+            self.wake.notify_one();
+        }
+        Ok(n)
+    }
+
+    async fn heartbeat(&self, owner: &str, now_ms: i64) -> Result<(), StoreError> {
+        replicas::heartbeat(&self.pool, owner, now_ms).await
+    }
+
+    async fn sweep_dead_replicas(
+        &self,
+        dead_before_ms: i64,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let n = replicas::sweep(&self.pool, dead_before_ms, now_ms).await?;
+        if n > 0 {
+            self.wake.notify_one();
+        }
+        Ok(n)
+    }
+
+    async fn stop_replica(&self, owner: &str) -> Result<(), StoreError> {
+        replicas::stop(&self.pool, owner).await
     }
 
     async fn apply_receipts(
