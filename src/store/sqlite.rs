@@ -25,6 +25,8 @@ use super::{
 };
 use crate::domain::{BindingKind, Receipt};
 
+mod outbox;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// Rows per multi-row INSERT: 22 columns × 200 rows stays well under SQLite's 32,766 variables.
@@ -816,6 +818,10 @@ impl Store for SqliteStore {
 
     fn wakeup(&self) -> Arc<Notify> {
         self.wakeup.clone()
+    }
+
+    fn outbox(&self) -> Option<&dyn super::outbox::Outbox> {
+        Some(self)
     }
 }
 

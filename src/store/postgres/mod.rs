@@ -40,6 +40,7 @@ mod complete;
 mod connect;
 mod enqueue;
 mod listen;
+mod outbox;
 
 /// NOTIFY channel shared by all replicas of one database.
 pub const WAKEUP_CHANNEL: &str = "dmpushd_wakeup";
@@ -441,5 +442,9 @@ impl Store for PgStore {
 
     fn wakeup(&self) -> Arc<Notify> {
         self.wake.clone()
+    }
+
+    fn outbox(&self) -> Option<&dyn super::outbox::Outbox> {
+        Some(self)
     }
 }
