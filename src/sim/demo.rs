@@ -98,6 +98,8 @@ pub async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         name: "demo".into(),
         token_sha256: None,
         token: Some(TOKEN.into()),
+        webhook_url: None,
+        webhook_secret: None,
     }];
     s.queue.backoff_base_ms = 200;
     s.queue.backoff_max_ms = 1000;
