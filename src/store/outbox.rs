@@ -146,6 +146,10 @@ pub trait Outbox: Send + Sync {
         skip_targets: &[String],
     ) -> Result<Vec<OutboxEvent>, StoreError>;
 
+    /// Gives leases back without an attempt (events claimed beyond a target's concurrency
+    /// limit): they are claimable again at once.
+    async fn release_webhooks(&self, owner: &str, ids: &[String]) -> Result<(), StoreError>;
+
     /// Records an attempt; `false` when `owner` no longer held the lease (nothing written).
     async fn record_webhook_attempt(&self, rec: &AttemptRecord) -> Result<bool, StoreError>;
 

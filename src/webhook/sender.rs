@@ -205,13 +205,26 @@ impl Sender {
                 return 0;
             }
         };
-        let n = events.len();
-        for event in events {
-            {
-                let mut busy = lock(&sh.busy);
+        // A batch may hold more events for one target than it has free slots: those go back.
+        let mut start = Vec::with_capacity(events.len());
+        let mut release = Vec::new();
+        {
+            let mut busy = lock(&sh.busy);
+            for event in events {
                 let count = busy.entry(event.target.clone()).or_insert(0);
-                *count += 1;
+                if *count >= PER_TARGET {
+                    release.push(event.id);
+                } else {
+                    *count += 1;
+                    start.push(event);
+                }
             }
+        }
+        if let Err(e) = outbox.release_webhooks(&sh.owner, &release).await {
+            tracing::warn!(message = "Webhook lease release failed.", error = %e);
+        }
+        let n = start.len();
+        for event in start {
             let sh = self.shared.clone();
             tasks.spawn(async move {
                 let target = event.target.clone();

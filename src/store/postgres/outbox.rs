@@ -69,6 +69,21 @@ impl Outbox for PgStore {
         Ok(events)
     }
 
+    async fn release_webhooks(&self, owner: &str, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE webhook_outbox SET lease_owner = NULL, lease_until = NULL \
+             WHERE lease_owner = $1 AND status = 'pending' AND id = ANY($2::text[])",
+        )
+        .bind(owner)
+        .bind(ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn record_webhook_attempt(&self, rec: &AttemptRecord) -> Result<bool, StoreError> {
         let (status, next) = match rec.result {
             AttemptResult::Delivered => ("done", None),

@@ -70,6 +70,22 @@ impl Outbox for SqliteStore {
         Ok(events)
     }
 
+    async fn release_webhooks(&self, owner: &str, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE webhook_outbox SET lease_owner = NULL, lease_until = NULL
+             WHERE lease_owner = ?1 AND status = 'pending'
+               AND id IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(owner)
+        .bind(to_json(&ids))
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
     async fn record_webhook_attempt(&self, rec: &AttemptRecord) -> Result<bool, StoreError> {
         let (status, next) = match rec.result {
             AttemptResult::Delivered => ("done", None),
