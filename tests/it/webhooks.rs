@@ -139,6 +139,10 @@ impl Hooks {
         self.shared.lock().unwrap().script.extend(statuses);
     }
 
+    fn clear_script(&self) {
+        self.shared.lock().unwrap().script.clear();
+    }
+
     fn max_in_flight(&self) -> usize {
         self.shared.lock().unwrap().max_in_flight
     }
@@ -556,6 +560,109 @@ async fn given_up_after_max_age_then_retried_through_the_api() {
     assert_eq!(got[2].header("webhook-id"), got[0].header("webhook-id"));
     assert_verified(&got).await;
     gw.stop().await;
+}
+
+// --- kill -9 ---------------------------------------------------------------------------------
+
+/// The real binary, `kill -9` while a webhook event is undelivered (its receiver answers 503),
+/// restarted on the same database: the event arrives, with the same webhook-id.
+async fn kill_9_then_restart_delivers(store_url: &str) {
+    use crate::support::process::{spawn_serve, wait_ok};
+    let device = DeviceReceiver::start(Duration::ZERO).await;
+    let hooks = Hooks::start(Duration::ZERO).await;
+    hooks.script(&[503; 1000]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::support::free_port();
+    let config = dir.path().join("dmpushd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+shutdown_grace_seconds = 1
+[store]
+url = "{store_url}"
+[queue]
+lease_seconds = 3
+poll_interval_ms = 100
+[[tenants]]
+name = "a"
+token = "{TOKEN_A}"
+webhook_url = "{hook}"
+webhook_secret = "{SECRET}"
+[bindings.http]
+allow_targets = ["127.0.0.0/8"]
+ca_file = "{ca}"
+[webhooks]
+timeout_seconds = 2
+allow_targets = ["127.0.0.0/8"]
+[log]
+format = "text"
+level = "warn"
+"#,
+            hook = hooks.url("/a"),
+            ca = device.ca_file.display(),
+        ),
+    )
+    .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut child = spawn_serve(&config);
+    wait_ok(&http, &base, "/healthz").await;
+    let r = http
+        .put(format!("{base}/v1/devices/dev-1"))
+        .bearer_auth(TOKEN_A)
+        .json(
+            &json!({"bindings": [{"type": "http", "url": device.url("/dm"), "framing": "direct"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let r = http
+        .post(format!("{base}/v1/pushes"))
+        .bearer_auth(TOKEN_A)
+        .json(&xml_push("dev-1", DM_XML))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The first attempt was refused (503) and its retry recorded; now the process dies.
+    let first = hooks.wait(1, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = hooks.got().len();
+    hooks.clear_script(); // the receiver recovers: 204 from now on
+    let mut child = spawn_serve(&config);
+    wait_ok(&http, &base, "/healthz").await;
+    let got = hooks.wait(before + 1, Duration::from_secs(20)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let last = got.last().unwrap();
+    assert_eq!(last.json()["data"]["id"], id.as_str());
+    assert_eq!(last.json()["type"], "push.delivered");
+    assert_eq!(last.header("webhook-id"), first[0].header("webhook-id"));
+    assert_verified(&got).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_an_undelivered_event_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    kill_9_then_restart_delivers(&format!("sqlite://{}", dir.path().join("k.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_an_undelivered_event_postgres() {
+    let Some(db) = crate::support::store::PgDb::create().await else {
+        return;
+    };
+    kill_9_then_restart_delivers(&db.url).await;
 }
 
 // --- the outbox on both stores ---------------------------------------------------------------
