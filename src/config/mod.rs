@@ -118,7 +118,10 @@ impl std::fmt::Debug for TenantConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TenantConfig")
             .field("name", &self.name)
-            .field("webhook_url", &self.webhook_url)
+            .field(
+                "webhook_url",
+                &self.webhook_url.as_deref().map(crate::webhook::redact_url),
+            )
             .finish_non_exhaustive()
     }
 }

@@ -562,6 +562,51 @@ async fn given_up_after_max_age_then_retried_through_the_api() {
     gw.stop().await;
 }
 
+#[test]
+fn check_config_redacts_the_webhook_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dmpushd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[tenants]]\nname = \"a\"\ntoken_sha256 = \"{}\"\nwebhook_url = \"https://hooks.example.com/a\"\nwebhook_secret = \"{SECRET}\"\n[webhooks]\nallow_targets = [\"127.0.0.0/8\"]\n",
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmpushd"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains(&SECRET[6..]), "secret printed: {text}");
+    assert!(text.contains("webhook_secret"), "{text}");
+    assert!(text.contains("timeout_seconds"), "{text}");
+    // A secret that is not whsec_ + base64, or a webhook_url without a secret: refused at start.
+    for bad in [
+        "webhook_secret = \"nope\"",
+        "webhook_url = \"https://hooks.example.com/a\"",
+    ] {
+        std::fs::write(
+            &config,
+            format!("[[tenants]]\nname = \"a\"\ntoken = \"t\"\n{bad}\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmpushd"))
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad} accepted");
+    }
+}
+
 // --- kill -9 ---------------------------------------------------------------------------------
 
 /// The real binary, `kill -9` while a webhook event is undelivered (its receiver answers 503),
@@ -902,6 +947,45 @@ async fn outbox_sqlite() {
         Some((s, Box::new(db) as Box<dyn std::any::Any>))
     })
     .await;
+}
+
+/// Two stores (replicas) on one PostgreSQL database claiming at once: every event goes to
+/// exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_postgres_two_replicas_never_claim_the_same_event() {
+    let Some(db) = crate::support::store::PgDb::create().await else {
+        return;
+    };
+    let (r1, r2) = (db.open().await, db.open().await);
+    let mut all = Vec::new();
+    for i in 0..40 {
+        all.push(accepted_push(&r1, &format!("rr-{i}"), Some(HOOK)).await);
+    }
+    let claim_all = |s: Arc<dyn Store>, owner: &'static str| async move {
+        let mut got = Vec::new();
+        for _ in 0..20 {
+            let batch = s
+                .outbox()
+                .unwrap()
+                .claim_webhooks(owner, T0 + 100, LEASE, 3, &[])
+                .await
+                .unwrap();
+            got.extend(batch.into_iter().map(|e| e.push_id));
+        }
+        got
+    };
+    let (a, b) = tokio::join!(
+        tokio::spawn(claim_all(r1.clone(), "r1")),
+        tokio::spawn(claim_all(r2.clone(), "r2"))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut both: Vec<String> = a.iter().chain(b.iter()).cloned().collect();
+    both.sort();
+    let n = both.len();
+    both.dedup();
+    assert_eq!(both.len(), n, "an event was claimed twice");
+    all.sort();
+    assert_eq!(both, all, "every event claimed");
 }
 
 #[tokio::test]
