@@ -148,10 +148,12 @@ impl Sender {
             return;
         };
         let mut tasks = JoinSet::new();
-        let mut depth_at = Instant::now() - Duration::from_secs(10);
+        let mut depth_at: Option<Instant> = None;
         loop {
-            if depth_at.elapsed() >= Duration::from_secs(1) {
-                depth_at = Instant::now();
+            // Finished tasks leave the set here, so that its length is what is in flight.
+            while tasks.try_join_next().is_some() {}
+            if depth_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                depth_at = Some(Instant::now());
                 self.refresh_depth().await;
             }
             let claimed = if tasks.len() < MAX_IN_FLIGHT {
