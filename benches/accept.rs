@@ -153,6 +153,7 @@ fn main() {
         name: "bench".into(),
         token_sha256: None,
         token: Some(TOKEN.into()),
+        ..Default::default()
     }];
     s.bindings.http.allow_targets = vec!["127.0.0.0/8".into()];
     s.log.level = "error".into();

@@ -13,6 +13,7 @@ use crate::{
     metrics::Metrics,
     queue::{Dispatcher, DispatcherConfig, RetryPolicy},
     store::{self, Store},
+    webhook::{self, sender::Sender as WebhookSender},
 };
 
 pub struct App {
@@ -21,6 +22,7 @@ pub struct App {
     dispatcher: Dispatcher,
     receipts: mpsc::Receiver<binding::Receipt>,
     bindings_shutdown: CancellationToken,
+    webhooks: WebhookSender,
     pub store: Arc<dyn Store>,
     pub metrics: Metrics,
 }
@@ -81,6 +83,14 @@ impl App {
                 leases = taken_back,
             );
         }
+        let targets = Arc::new(webhook_targets(&settings)?);
+        let webhooks = WebhookSender::new(
+            store.clone(),
+            targets.clone(),
+            &settings.webhooks,
+            owner.clone(),
+            &metrics.registry,
+        )?;
         let state = ApiState {
             store: store.clone(),
             bindings,
@@ -95,6 +105,7 @@ impl App {
                 list_limit_max: 1000,
             },
             depth_refreshed: Arc::default(),
+            webhooks: targets,
         };
         let router = api::router(state);
         let listener = TcpListener::bind(settings.server.listen).await?;
@@ -110,6 +121,7 @@ impl App {
             dispatcher,
             receipts,
             bindings_shutdown,
+            webhooks,
             store,
             metrics,
         })
@@ -127,8 +139,12 @@ impl App {
             dispatcher,
             receipts,
             bindings_shutdown,
+            webhooks,
             ..
         } = self;
+        // Webhooks keep flowing while deliveries drain (their final states send webhooks too).
+        let webhooks_stop = CancellationToken::new();
+        let webhooks = tokio::spawn(webhooks.run(webhooks_stop.clone()));
         let dispatch_stop = CancellationToken::new();
         let dispatch = tokio::spawn(dispatcher.run(receipts, dispatch_stop.clone()));
         let server_stop = shutdown.clone();
@@ -138,6 +154,8 @@ impl App {
         tracing::info!(message = "API stopped accepting; draining deliveries.");
         dispatch_stop.cancel();
         let _ = dispatch.await;
+        webhooks_stop.cancel();
+        let _ = webhooks.await;
         bindings_shutdown.cancel();
         tracing::info!(message = "Shut down cleanly.");
         served.map_err(Into::into)
@@ -164,6 +182,28 @@ fn tenants(settings: &Settings) -> Tenants {
         );
     }
     t
+}
+
+/// Tenants' webhook targets and secrets (validated with the config).
+fn webhook_targets(settings: &Settings) -> anyhow::Result<webhook::Targets> {
+    let policy = settings.webhooks.policy().map_err(anyhow::Error::msg)?;
+    let mut t = webhook::Targets::new(policy);
+    for tenant in &settings.tenants {
+        let secret = tenant
+            .webhook_secret
+            .as_deref()
+            .map(webhook::Secret::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("tenants[{}].webhook_secret: {e}", tenant.name))?;
+        t.add(
+            &tenant.name,
+            webhook::TenantWebhook {
+                url: tenant.webhook_url.clone(),
+                secret,
+            },
+        );
+    }
+    Ok(t)
 }
 
 fn default_replica_id() -> String {

@@ -22,6 +22,7 @@ pub mod openapi;
 pub mod problem;
 pub mod pushes;
 pub mod validate;
+pub mod webhooks;
 
 pub use problem::Problem;
 
@@ -73,6 +74,8 @@ pub struct ApiState {
     /// When `dmpushd_queue_depth` was last refreshed (on scrape, at most once a second: counting
     /// pushes per state is a scan, so it is paid per scrape, not on a timer).
     pub depth_refreshed: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Tenants' webhook targets and the target policy (submit-time resolution, issue 11).
+    pub webhooks: Arc<crate::webhook::Targets>,
 }
 
 /// The authenticated tenant of a request.
@@ -91,6 +94,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/pushes/batch", post(pushes::batch))
         .route("/v1/pushes/preview", post(pushes::preview))
         .route("/v1/pushes/{id}", get(pushes::get).delete(pushes::cancel))
+        .route("/v1/pushes/{id}/webhooks/retry", post(webhooks::retry))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))

@@ -6,7 +6,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{devices, problem::Problem, pushes};
+use super::{devices, problem::Problem, pushes, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,13 +14,14 @@ use super::{devices, problem::Problem, pushes};
     paths(
         devices::put, devices::get, devices::delete, devices::list,
         pushes::create, pushes::batch, pushes::raw_push, pushes::preview, pushes::get, pushes::list,
-        pushes::cancel,
+        pushes::cancel, webhooks::retry,
     ),
     components(schemas(
         Problem, devices::DeviceBody, devices::DeviceView, devices::DeviceList,
         pushes::PushRequest, pushes::Submitted, pushes::PushView, pushes::EventView, pushes::PushList,
         pushes::BatchItem, pushes::BatchResult, pushes::PreviewResult, pushes::BindingPreview,
         crate::domain::DeviceBinding, crate::domain::HmacCredentials, crate::domain::DmCredentials,
+        webhooks::WebhookRetry,
     )),
     modifiers(&BearerAuth),
 )]

@@ -11,7 +11,7 @@
 use crate::binding::CannotCarry;
 use std::{
     error::Error as _,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -29,6 +29,8 @@ use super::{
 };
 use crate::codec::hmac;
 use crate::domain::HttpTarget;
+use crate::net::targets::{CheckedResolver, TargetRefused, parse_allow_list};
+pub use crate::net::targets::{TargetPolicy, is_public};
 
 /// `X-Wap-Application-Id` for SyncML DM (OMNA push app id 0x07, text form).
 pub const APP_ID: &str = "x-wap-application:syncml.dm";
@@ -76,104 +78,9 @@ impl HttpConfig {
     }
 
     fn allow_list(&self) -> Result<Vec<IpNet>, String> {
-        self.allow_targets
-            .iter()
-            .map(|s| {
-                s.trim()
-                    .parse::<IpNet>()
-                    .or_else(|_| s.trim().parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| format!("bindings.http.allow_targets: {s:?} is not a CIDR range"))
-            })
-            .collect()
+        parse_allow_list(&self.allow_targets, "bindings.http")
     }
 }
-
-/// Which addresses the gateway may connect to.
-#[derive(Clone, Debug)]
-pub struct TargetPolicy {
-    allow: Vec<IpNet>,
-}
-
-impl TargetPolicy {
-    pub fn new(allow: Vec<IpNet>) -> Self {
-        Self { allow }
-    }
-
-    pub fn permits(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        is_public(ip) || self.allow.iter().any(|n| n.contains(&ip))
-    }
-}
-
-/// Globally routable unicast (not loopback, private, link-local, CGNAT, documentation, …).
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xC0) == 64) // 100.64.0.0/10 CGNAT (RFC 6598)
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24 (RFC 6890)
-                || (o[0] == 198 && (o[1] & 0xFE) == 18) // 198.18.0.0/15 benchmarking
-                || o[0] >= 240)
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xFE00) == 0xFC00 // unique local fc00::/7
-                || (s[0] & 0xFFC0) == 0xFE80 // link local fe80::/10
-                || (s[0] == 0x2001 && s[1] == 0x0DB8)) // documentation
-        }
-    }
-}
-
-/// Resolver that drops addresses the policy refuses (and fails when none is left).
-struct CheckedResolver {
-    policy: TargetPolicy,
-}
-
-impl reqwest::dns::Resolve for CheckedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = self.policy.clone();
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = addrs
-                .iter()
-                .copied()
-                .filter(|a| policy.permits(a.ip()))
-                .collect();
-            if allowed.is_empty() {
-                return Err(Box::new(TargetRefused(format!(
-                    "{host} resolves only to addresses outside bindings.http.allow_targets ({})",
-                    addrs
-                        .iter()
-                        .map(|a| a.ip().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )))
-                    as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("target refused: {0}")]
-struct TargetRefused(String);
 
 /// The request a push becomes: content type, extra headers and body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -291,6 +198,7 @@ impl HttpBinding {
             .tls_backend_preconfigured((*tls).clone())
             .dns_resolver(CheckedResolver {
                 policy: policy.clone(),
+                section: "bindings.http",
             })
             .no_proxy()
             // A redirect could point anywhere; a device that moved must be re-registered.
@@ -511,31 +419,6 @@ impl Binding for HttpBinding {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn public_and_private_addresses() {
-        let p = TargetPolicy::new(vec![]);
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "192.168.0.1",
-            "172.16.5.4",
-            "169.254.1.1",
-            "::1",
-            "fd00::1",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(!p.permits(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["8.8.8.8", "2a00:1450::1", "1.1.1.1"] {
-            assert!(p.permits(ip.parse().unwrap()), "{ip}");
-        }
-        let p = TargetPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
-        assert!(p.permits("127.0.0.5".parse().unwrap()));
-        assert!(!p.permits("10.0.0.1".parse().unwrap()));
-    }
 
     #[test]
     fn status_classes() {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     binding::{http::HttpConfig, obex::ObexConfig, sip::SipConfig, wap::WapConfig},
     store::StoreOptions,
+    webhook::WebhooksConfig,
 };
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -21,6 +22,7 @@ pub struct Settings {
     pub queue: QueueConfig,
     pub tenants: Vec<TenantConfig>,
     pub bindings: BindingsConfig,
+    pub webhooks: WebhooksConfig,
     pub log: LogConfig,
 }
 
@@ -98,7 +100,7 @@ impl Default for QueueConfig {
 }
 
 /// A tenant: a bearer token (as its SHA-256, or in clear for development) and a name.
-#[derive(Clone, Deserialize, Serialize)]
+#[derive(Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     pub name: String,
@@ -108,12 +110,22 @@ pub struct TenantConfig {
     /// The token in clear (development only).
     #[serde(default)]
     pub token: Option<String>,
+    /// Where this tenant's webhooks go when a push names no `callback_url` (docs/webhooks.md).
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// `whsec_` + base64 key that signs this tenant's webhooks (a secret: redacted in output).
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
 }
 
 impl std::fmt::Debug for TenantConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TenantConfig")
             .field("name", &self.name)
+            .field(
+                "webhook_url",
+                &self.webhook_url.as_deref().map(crate::webhook::redact_url),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -179,7 +191,8 @@ impl Settings {
             .separator("__")
             .try_parsing(true)
             .list_separator(",")
-            .with_list_parse_key("bindings.http.allow_targets");
+            .with_list_parse_key("bindings.http.allow_targets")
+            .with_list_parse_key("webhooks.allow_targets");
         if let Some(env) = env {
             e = e.source(Some(env));
         }
@@ -215,7 +228,19 @@ impl Settings {
                 }
                 _ => {}
             }
+            if let Some(s) = &t.webhook_secret
+                && let Err(e) = crate::webhook::Secret::parse(s)
+            {
+                return bad(format!("tenants[{}].webhook_secret: {e}", t.name));
+            }
+            if t.webhook_url.is_some() && t.webhook_secret.is_none() {
+                return bad(format!(
+                    "tenants[{}].webhook_url needs a webhook_secret to sign with",
+                    t.name
+                ));
+            }
         }
+        self.webhooks.validate().map_err(ConfigError::Invalid)?;
         self.bindings
             .http
             .validate()

@@ -4,7 +4,8 @@
 //! binding trusting the device's self-signed certificate, registers a device through the REST
 //! API, pushes a DM message (XML, several SMS) and a package #0 notification over WAP/SMS and a
 //! DM message over HTTPS with `x-syncml-hmac`, waits until each is delivered and prints what the
-//! simulated devices decoded. Exit 0 only when every check passed.
+//! simulated devices decoded, and each push's result webhooks arriving at the simulated DM
+//! server's receiver with verified signatures. Exit 0 only when every check passed.
 
 use std::{
     net::SocketAddr,
@@ -53,6 +54,9 @@ const HMAC_PW: &str = "demo-hmac-secret";
 /// base64 of `NONCE123`.
 const HMAC_NONCE: &str = "Tk9OQ0UxMjM=";
 
+/// Signs the demo tenant's webhooks (the Standard Webhooks reference secret, docs/webhooks.md).
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
 /// A sessionless DM message (OMA DM 1.2 SyncML), large enough to need concatenated SMS.
 const DM_XML: &str = concat!(
     "<SyncML xmlns=\"SYNCML:SYNCML1.2\"><SyncHdr><VerDTD>1.2</VerDTD><VerProto>DM/1.2</VerProto>",
@@ -82,11 +86,16 @@ pub async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         password: Some("smpp-pw".into()),
         dlr_delay_ms: 50,
         devices: vec![format!("{MSISDN}={SERVER_ID}:{SERVER_PW}:{SERVER_NONCE}")],
+        webhooks: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        webhook_secret: Some(WEBHOOK_SECRET.into()),
         ..SimArgs::default()
     };
     let mut sim = super::start(&sim_args, shutdown.clone()).await?;
     let smpp = sim.smpp.context("simulated SMSC did not start")?;
     let http = sim.http.context("simulated HTTPS device did not start")?;
+    let hooks = sim
+        .webhooks
+        .context("simulated webhook receiver did not start")?;
     log(&format!(
         "simulated SMSC on {smpp}, HTTPS device on https://{http}"
     ));
@@ -98,7 +107,10 @@ pub async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         name: "demo".into(),
         token_sha256: None,
         token: Some(TOKEN.into()),
+        webhook_url: Some(format!("http://{hooks}/dmpushd-events")),
+        webhook_secret: Some(WEBHOOK_SECRET.into()),
     }];
+    s.webhooks.allow_targets = vec!["127.0.0.0/8".into()];
     s.queue.backoff_base_ms = 200;
     s.queue.backoff_max_ms = 1000;
     s.queue.poll_interval_ms = 100;
@@ -243,12 +255,49 @@ async fn drive(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Device events can trail the receipt by nothing (they are emitted before the submit_sm_resp
-    // reaches the gateway); collect what is queued.
-    while let Ok(ev) = sim.events.try_recv() {
-        if verbose {
-            print_event(&ev)?;
+    // reaches the gateway); collect what is queued. Then wait for each push's push.delivered
+    // webhook (a WAP push sends push.accepted first), verified by the receiver.
+    loop {
+        while let Ok(ev) = sim.events.try_recv() {
+            if verbose {
+                print_event(&ev)?;
+            }
+            events.push(ev);
         }
-        events.push(ev);
+        let missing: Vec<&str> = ids
+            .iter()
+            .filter(|(_, id)| {
+                !events.iter().any(|e| {
+                    e["event"] == "webhook"
+                        && e["push_id"] == id.as_str()
+                        && e["type"] == "push.delivered"
+                })
+            })
+            .map(|(what, _)| *what)
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "timed out waiting for the push.delivered webhooks of: {}",
+                missing.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let webhooks: Vec<&Value> = events.iter().filter(|e| e["event"] == "webhook").collect();
+    // stdout stays what the devices decoded (one JSON line each); the webhooks are reported on
+    // stderr (and as JSON lines with --verbose, like every simulator event).
+    for e in &webhooks {
+        if e["verified"] != true {
+            bail!("a webhook failed verification: {e}");
+        }
+        log(&format!(
+            "webhook {} for push {} arrived, signature verified",
+            e["type"].as_str().unwrap_or(""),
+            e["push_id"].as_str().unwrap_or("")
+        ));
     }
 
     let decoded: Vec<&Value> = events
@@ -287,8 +336,11 @@ async fn drive(
     }
     log(&format!(
         "OK: DM XML reassembled from {} SMS and routed to the DM application; package #0 digest {}; \
-         HTTPS x-syncml-hmac {}",
-        xml_sms["segments"], noti["digest"], https["hmac"]
+         HTTPS x-syncml-hmac {}; {} webhooks verified",
+        xml_sms["segments"],
+        noti["digest"],
+        https["hmac"],
+        webhooks.len()
     ));
     Ok(())
 }

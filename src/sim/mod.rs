@@ -7,12 +7,14 @@
 //! `dmpushd demo` ([`demo`]) runs the simulator and the gateway together end to end.
 //!
 //! Anatomy: [`device`] (pure client rules, reassembly, DM application), [`smsc`] (SMPP server),
-//! [`http`] (HTTP device), the UDP device below, [`demo`].
+//! [`http`] (HTTP device), the UDP device below, [`webhooks`] (a DM server's webhook receiver),
+//! [`demo`].
 
 pub mod demo;
 pub mod device;
 pub mod http;
 pub mod smsc;
+pub mod webhooks;
 
 use std::{
     collections::HashMap, io::Write as _, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration,
@@ -80,6 +82,13 @@ pub struct SimArgs {
     /// MSISDN may be `udp` (the UDP device), `http` (the HTTP device) or `*` (any). Repeatable.
     #[arg(long = "device", value_name = "MSISDN=SERVER_ID:PW:NONCE_B64")]
     pub devices: Vec<String>,
+    /// Listen address of a webhook receiver (plays the DM server receiving dmpushd's result
+    /// webhooks): verifies each signature and prints one JSON line per webhook.
+    #[arg(long, value_name = "ADDR")]
+    pub webhooks: Option<SocketAddr>,
+    /// The tenant's `webhook_secret` (`whsec_…`) the receiver verifies signatures with.
+    #[arg(long, value_name = "WHSEC")]
+    pub webhook_secret: Option<String>,
 }
 
 fn parse_u32(s: &str) -> Result<u32, String> {
@@ -123,6 +132,7 @@ pub struct SimHandle {
     pub http: Option<SocketAddr>,
     /// PEM of the HTTPS device's self-signed certificate.
     pub http_cert_pem: Option<String>,
+    pub webhooks: Option<SocketAddr>,
     pub events: mpsc::UnboundedReceiver<Value>,
 }
 
@@ -143,15 +153,22 @@ fn parse_devices(list: &[String]) -> anyhow::Result<HashMap<String, DmCredential
 pub async fn start(args: &SimArgs, shutdown: CancellationToken) -> anyhow::Result<SimHandle> {
     let devices = parse_devices(&args.devices)?;
     let (events, rx) = Events::channel();
-    let smpp_addr = match (args.smpp, args.udp, args.http) {
-        (None, None, None) => Some(SocketAddr::from(([127, 0, 0, 1], 2775))),
-        (s, _, _) => s,
+    let smpp_addr = match (args.smpp, args.udp, args.http, args.webhooks) {
+        (None, None, None, None) => Some(SocketAddr::from(([127, 0, 0, 1], 2775))),
+        (s, _, _, _) => s,
     };
+    let webhook_secret = args
+        .webhook_secret
+        .as_deref()
+        .map(crate::webhook::Secret::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--webhook-secret: {e}"))?;
     let mut out = SimHandle {
         smpp: None,
         udp: None,
         http: None,
         http_cert_pem: None,
+        webhooks: None,
         events: rx,
     };
     if let Some(a) = smpp_addr {
@@ -218,6 +235,22 @@ pub async fn start(args: &SimArgs, shutdown: CancellationToken) -> anyhow::Resul
             });
         }
     }
+    if let Some(a) = args.webhooks {
+        let l = TcpListener::bind(a)
+            .await
+            .with_context(|| format!("webhook receiver listen on {a}"))?;
+        out.webhooks = Some(l.local_addr()?);
+        let app = webhooks::router(webhooks::WebhookReceiver {
+            events: events.clone(),
+            secret: webhook_secret,
+        });
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        });
+    }
     events.emit(
         "sim",
         json!({
@@ -226,6 +259,7 @@ pub async fn start(args: &SimArgs, shutdown: CancellationToken) -> anyhow::Resul
             "udp": out.udp.map(|a| a.to_string()),
             "http": out.http.map(|a| format!("{}://{a}", if args.https { "https" } else { "http" })),
             "http_cert_pem": out.http_cert_pem,
+            "webhooks": out.webhooks.map(|a| format!("http://{a}")),
             "devices_with_dm_credentials": devices.keys().collect::<Vec<_>>(),
         }),
     );

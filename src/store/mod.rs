@@ -19,6 +19,7 @@ use crate::domain::{BindingKind, ContentType, DeviceBinding, NextHopRef, Receipt
 pub use crate::domain::{Device, DmCredentials, PushState};
 
 mod device_cache;
+pub mod outbox;
 pub mod postgres;
 mod rules;
 pub mod sqlite;
@@ -471,6 +472,11 @@ pub trait Store: Send + Sync + 'static {
     /// Signalled when new work may be due (local enqueue; PostgreSQL also on NOTIFY from other
     /// replicas). The dispatcher also polls, so a lost signal only delays.
     fn wakeup(&self) -> Arc<tokio::sync::Notify>;
+
+    /// The webhook outbox (src/store/outbox.rs), for stores that have one.
+    fn outbox(&self) -> Option<&dyn outbox::Outbox> {
+        None
+    }
 }
 
 /// Opens the store named by `opts.url`, running migrations when `opts.auto_migrate`.

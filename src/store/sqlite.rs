@@ -42,6 +42,8 @@ use super::{
 };
 use crate::domain::{BindingKind, DeviceBinding, NextHopRef, Receipt};
 
+mod outbox;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// Rows per multi-row INSERT: 22 columns × 200 rows stays well under SQLite's 32,766 variables.
@@ -1003,8 +1005,13 @@ impl Store for SqliteStore {
             }
             ids.extend(
                 sqlx::query_scalar::<_, String>(
+                    // A push whose webhook is still pending stays until the outbox is done
+                    // with it (its payload is built from the push).
                     "SELECT id FROM pushes INDEXED BY pushes_purge
-                     WHERE state = ?1 AND updated_at < ?2 LIMIT ?3",
+                     WHERE state = ?1 AND updated_at < ?2
+                       AND NOT EXISTS (SELECT 1 FROM webhook_outbox w
+                                       WHERE w.push_id = pushes.id AND w.status = 'pending')
+                     LIMIT ?3",
                 )
                 .bind(state.as_str())
                 .bind(before_ms)
@@ -1016,7 +1023,7 @@ impl Store for SqliteStore {
         if ids.is_empty() {
             return Ok(0);
         }
-        for table in ["push_events", "push_refs"] {
+        for table in ["push_events", "push_refs", "webhook_outbox"] {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new(format!("DELETE FROM {table} WHERE push_id IN ("));
             let mut sep = q.separated(", ");
@@ -1149,6 +1156,10 @@ impl Store for SqliteStore {
 
     fn wakeup(&self) -> Arc<Notify> {
         self.wakeup.clone()
+    }
+
+    fn outbox(&self) -> Option<&dyn super::outbox::Outbox> {
+        Some(self)
     }
 }
 

@@ -53,6 +53,9 @@ mod store_conformance;
 mod store_postgres;
 mod store_replicas;
 
+// Webhooks (issue 11).
+mod webhooks;
+
 // WAP binding.
 mod wap_smpp_faults;
 mod wap_smpp_sim;

@@ -81,7 +81,8 @@ pub struct PushView {
 }
 
 impl PushView {
-    pub(super) fn from_record(p: PushRecord) -> Self {
+    /// The `GET /v1/pushes/{id}` view of a record (also the `data` of a webhook).
+    pub fn from_record(p: PushRecord) -> Self {
         let binding = p
             .last_binding
             .or(p.binding_choice)

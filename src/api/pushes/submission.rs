@@ -76,6 +76,7 @@ pub(super) async fn prepare(
     };
     let push = new_push(
         &st.limits,
+        &st.webhooks,
         tenant,
         req,
         target,
@@ -89,8 +90,10 @@ pub(super) async fn prepare(
 /// Validates the rest of a request against a resolved target and builds the push (pure apart
 /// from the new push id and a random notification session id). `request_hash` is kept only
 /// when the push has an idempotency key (body or `Idempotency-Key` header; the body wins).
+#[allow(clippy::too_many_arguments)]
 pub fn new_push(
     limits: &ApiLimits,
+    webhooks: &crate::webhook::Targets,
     tenant: &str,
     req: PushRequest,
     target: Target,
@@ -238,17 +241,11 @@ pub fn new_push(
     let idempotency_key = req.idempotency_key.or(header_key);
     validate::key(&idempotency_key, "idempotency_key")?;
     validate::key(&req.collapse_key, "collapse_key")?;
-    if let Some(cb) = &req.callback_url {
-        match url::Url::parse(cb) {
-            Ok(u) if matches!(u.scheme(), "https" | "http") && u.host().is_some() => {}
-            _ => {
-                return Err(Problem::invalid(
-                    "callback_url",
-                    format!("{cb:?} is not an http(s) URL"),
-                ));
-            }
-        }
-    }
+    // The webhook target (issue 11): callback_url, else the tenant's webhook_url; stored in
+    // the push's callback_url column so the store never needs tenant config.
+    let callback_url = webhooks
+        .resolve(tenant, req.callback_url.as_deref())
+        .map_err(|e| Problem::invalid("callback_url", e.to_string()))?;
 
     Ok(NewPush {
         id: uuid::Uuid::now_v7().to_string(),
@@ -266,7 +263,7 @@ pub fn new_push(
         request_hash: idempotency_key.as_ref().map(|_| request_hash),
         idempotency_key,
         collapse_key: req.collapse_key,
-        callback_url: req.callback_url,
+        callback_url,
     })
 }
 
@@ -484,7 +481,16 @@ mod tests {
         let build = |v: serde_json::Value| {
             let req = request(v);
             let t = inline(&req);
-            new_push(&limits(), "t", req, t, String::new(), None, 1_000)
+            new_push(
+                &limits(),
+                &Default::default(),
+                "t",
+                req,
+                t,
+                String::new(),
+                None,
+                1_000,
+            )
         };
         let two = build(serde_json::json!({
             "bindings": http_binding(), "body": "<SyncML/>", "body_base64": "AA==",
@@ -513,6 +519,7 @@ mod tests {
             let t = inline(&req);
             new_push(
                 &limits(),
+                &Default::default(),
                 "t",
                 req,
                 t,

@@ -42,6 +42,7 @@ mod complete;
 mod connect;
 mod enqueue;
 mod listen;
+mod outbox;
 mod replicas;
 
 /// NOTIFY channel shared by all replicas of one database.
@@ -490,5 +491,9 @@ impl Store for PgStore {
 
     fn wakeup(&self) -> Arc<Notify> {
         self.wake.clone()
+    }
+
+    fn outbox(&self) -> Option<&dyn super::outbox::Outbox> {
+        Some(self)
     }
 }

@@ -81,10 +81,13 @@ pub(super) async fn purge(
         "WITH p AS ( \
              DELETE FROM pushes WHERE id IN ( \
                  SELECT id FROM pushes WHERE state = ANY($1::text[]) AND updated_at < $2 \
+                 AND NOT EXISTS (SELECT 1 FROM webhook_outbox w \
+                                 WHERE w.push_id = pushes.id AND w.status = 'pending') \
                  LIMIT $3 FOR UPDATE SKIP LOCKED) \
              RETURNING id), \
          e AS (DELETE FROM push_events WHERE push_id IN (SELECT id FROM p)), \
-         r AS (DELETE FROM push_refs WHERE push_id IN (SELECT id FROM p)) \
+         r AS (DELETE FROM push_refs WHERE push_id IN (SELECT id FROM p)), \
+         w AS (DELETE FROM webhook_outbox WHERE push_id IN (SELECT id FROM p)) \
          SELECT count(*) FROM p",
     )
     .bind(final_states)

@@ -23,11 +23,13 @@ pub fn settings(dir: &std::path::Path) -> Settings {
             name: "a".into(),
             token_sha256: None,
             token: Some(TOKEN_A.into()),
+            ..Default::default()
         },
         TenantConfig {
             name: "b".into(),
             token_sha256: None,
             token: Some(TOKEN_B.into()),
+            ..Default::default()
         },
     ];
     s.bindings.http.allow_targets = vec!["127.0.0.0/8".into()];

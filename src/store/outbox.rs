@@ -1,0 +1,243 @@
+//! The webhook outbox (issue 11, DESIGN §10.2): types, the store API and the pure delivery rules.
+//!
+//! An outbox row is written **by the database, in the transaction of the state change**: a
+//! trigger on `push_events` (`migrations/sqlite/0004_webhooks.sql`,
+//! `migrations/postgres/0005_webhooks.sql`) inserts one row when an event of a webhook state
+//! ([`WEBHOOK_STATES`]) is recorded for a push that has a webhook target. So every code path that
+//! records a state change — today's and those added later — produces its webhook, and a `kill -9`
+//! after the commit cannot lose it. Why a trigger rather than a helper call beside each event
+//! insert: docs/decisions/webhooks.md.
+//!
+//! Rows: `pending` → `done` (2xx) or `given_up` (no success within `max_age_seconds`);
+//! [`Outbox::requeue_webhooks`] puts given-up rows back to `pending`.
+
+use std::time::Duration;
+
+use super::{PushRecord, PushState, StoreError};
+use crate::queue::backoff;
+
+/// The push states that send a webhook: `accepted` and every final state. The migrations'
+/// triggers list the same states (`unconfirmed` included, a final state of the outcomes work).
+pub const WEBHOOK_STATES: &[&str] = &[
+    "accepted",
+    "delivered",
+    "failed",
+    "expired",
+    "cancelled",
+    "superseded",
+    "unconfirmed",
+];
+
+/// First retry delay (the first retry comes within 5 s, DESIGN §10.2); doubles per attempt with
+/// equal jitter ([`backoff::delay`]).
+pub const RETRY_BASE: Duration = Duration::from_secs(2);
+/// Longest wait between two attempts.
+pub const RETRY_MAX: Duration = Duration::from_secs(600);
+
+/// One pending webhook event, leased to a sender for one attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// The `webhook-id`: `msg_<push id>_<event seq>`, the same on every attempt.
+    pub id: String,
+    pub push_id: String,
+    pub tenant: String,
+    /// The state the event reports (`type` = `push.<state>`).
+    pub state: PushState,
+    /// The `push_events` row that caused it: the payload shows the push as of this row.
+    pub seq: i64,
+    /// Where to POST (resolved at submit: the push's `callback_url`, else the tenant's
+    /// `webhook_url`).
+    pub target: String,
+    /// When the state changed (the body's `timestamp`).
+    pub created_at_ms: i64,
+    /// Age is counted from here (`created_at`, or the time of a manual re-queue).
+    pub age_from_ms: i64,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+impl OutboxEvent {
+    /// `push.<state>`.
+    pub fn event_type(&self) -> String {
+        format!("push.{}", self.state.as_str())
+    }
+}
+
+/// What one attempt led to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// A 2xx answer: the row is done.
+    Delivered,
+    /// Try again then.
+    Retry { at_ms: i64 },
+    /// Too old: given up (an event on the push timeline says so).
+    GiveUp,
+}
+
+/// The durable record of one attempt: updates the outbox row (if `owner` still holds its lease)
+/// and writes a `webhook` row on the push timeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub event: OutboxEvent,
+    pub owner: String,
+    pub at_ms: i64,
+    pub result: AttemptResult,
+    /// Status code or error, for the timeline and `last_error` (never a secret or URL
+    /// user-info).
+    pub detail: String,
+}
+
+impl AttemptRecord {
+    /// The timeline row's detail.
+    pub fn timeline_detail(&self) -> String {
+        let e = &self.event;
+        let n = e.attempts + 1;
+        let what = match &self.result {
+            AttemptResult::Delivered => "delivered".to_owned(),
+            AttemptResult::Retry { at_ms } => {
+                format!("retry in {:.1} s", (at_ms - self.at_ms) as f64 / 1000.0)
+            }
+            AttemptResult::GiveUp => "given up".to_owned(),
+        };
+        format!(
+            "webhook {} {} attempt {n}: {}; {what}",
+            e.event_type(),
+            e.id,
+            self.detail
+        )
+    }
+}
+
+/// After a failed attempt at `now_ms`: retry with backoff, or give up when the event is older than
+/// `max_age`. `unit` is a uniform random number in `[0, 1)` (the jitter), so this stays pure.
+pub fn after_failure(
+    event: &OutboxEvent,
+    now_ms: i64,
+    max_age: Duration,
+    unit: f64,
+) -> AttemptResult {
+    let age = now_ms.saturating_sub(event.age_from_ms);
+    if age >= i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX) {
+        return AttemptResult::GiveUp;
+    }
+    let delay = backoff::delay(event.attempts + 1, RETRY_BASE, RETRY_MAX, unit);
+    AttemptResult::Retry {
+        at_ms: now_ms.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+    }
+}
+
+/// [`after_failure`] with a random jitter.
+pub fn after_failure_now(event: &OutboxEvent, now_ms: i64, max_age: Duration) -> AttemptResult {
+    after_failure(event, now_ms, max_age, rand::random::<f64>())
+}
+
+/// The outbox side of a [`super::Store`] (reached through [`super::Store::outbox`]).
+#[async_trait::async_trait]
+pub trait Outbox: Send + Sync {
+    /// Leases up to `limit` due events (pending, `next_attempt_at <= now`, lease free or
+    /// expired), oldest first, **only the oldest pending event of each push** (per-push order),
+    /// and none whose target is in `skip_targets` (targets already at their concurrency limit).
+    async fn claim_webhooks(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease: Duration,
+        limit: u32,
+        skip_targets: &[String],
+    ) -> Result<Vec<OutboxEvent>, StoreError>;
+
+    /// Gives leases back without an attempt (events claimed beyond a target's concurrency
+    /// limit): they are claimable again at once.
+    async fn release_webhooks(&self, owner: &str, ids: &[String]) -> Result<(), StoreError>;
+
+    /// Records an attempt; `false` when `owner` no longer held the lease (nothing written).
+    async fn record_webhook_attempt(&self, rec: &AttemptRecord) -> Result<bool, StoreError>;
+
+    /// Puts the push's given-up events back to pending, due now, their age counted from now.
+    /// `None` when the tenant has no such push; else how many were re-queued.
+    async fn requeue_webhooks(
+        &self,
+        tenant: &str,
+        push_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// The push as `GET /v1/pushes/{id}` showed it right after event `seq`: the timeline up to
+    /// that row, the state and `updated_at` of that row.
+    async fn push_as_of(
+        &self,
+        tenant: &str,
+        push_id: &str,
+        seq: i64,
+    ) -> Result<Option<PushRecord>, StoreError>;
+
+    /// Pending events (the `dmpushd_webhook_outbox_depth` gauge).
+    async fn outbox_depth(&self) -> Result<u64, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(age_from_ms: i64, attempts: u32) -> OutboxEvent {
+        OutboxEvent {
+            id: "msg_p_1".into(),
+            push_id: "p".into(),
+            tenant: "t".into(),
+            state: PushState::Delivered,
+            seq: 1,
+            target: "https://example.com/hook".into(),
+            created_at_ms: age_from_ms,
+            age_from_ms,
+            attempts,
+        }
+    }
+
+    #[test]
+    fn first_retry_within_five_seconds_then_growing_and_capped() {
+        let day = Duration::from_secs(86_400);
+        let at = |attempts, unit| match after_failure(&event(0, attempts), 1_000, day, unit) {
+            AttemptResult::Retry { at_ms } => at_ms - 1_000,
+            other => panic!("{other:?}"),
+        };
+        assert!(at(0, 0.0) >= 1_000 && at(0, 0.999) <= 2_000);
+        assert!(at(0, 0.999) <= 5_000);
+        assert_eq!(at(1, 0.0), 2_000);
+        assert_eq!(at(2, 0.0), 4_000);
+        assert_eq!(at(30, 0.999_999), 600_000 - 1);
+        assert!(at(30, 0.0) >= 300_000);
+    }
+
+    #[test]
+    fn given_up_by_age_not_by_count() {
+        let max = Duration::from_secs(60);
+        assert_eq!(
+            after_failure(&event(0, 0), 60_000, max, 0.5),
+            AttemptResult::GiveUp
+        );
+        assert!(matches!(
+            after_failure(&event(0, 500), 59_999, max, 0.5),
+            AttemptResult::Retry { .. }
+        ));
+        // A manual re-queue restarts the clock.
+        assert!(matches!(
+            after_failure(&event(50_000, 3), 60_000, max, 0.5),
+            AttemptResult::Retry { .. }
+        ));
+    }
+
+    #[test]
+    fn timeline_detail_names_event_attempt_and_outcome() {
+        let rec = AttemptRecord {
+            event: event(0, 1),
+            owner: "o".into(),
+            at_ms: 10_000,
+            result: AttemptResult::Retry { at_ms: 13_500 },
+            detail: "HTTP 503".into(),
+        };
+        assert_eq!(
+            rec.timeline_detail(),
+            "webhook push.delivered msg_p_1 attempt 2: HTTP 503; retry in 3.5 s"
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! The webhook outbox on PostgreSQL ([`Outbox`]); rows are written by the `push_events_webhook`
+//! trigger (migrations/postgres/0005_webhooks.sql). Replicas share the outbox: a claim locks its
+//! candidates with `FOR UPDATE SKIP LOCKED` and leases them, so no two replicas send the same
+//! event while a lease lasts; an expired lease (a crashed replica) makes the event claimable again.
+
+use std::time::Duration;
+
+use sqlx::{Row, postgres::PgRow};
+
+use super::{PgStore, RECORD_COLS, i32_of, record_of, u32_of};
+use crate::store::{
+    PushEvent, PushRecord, StoreError,
+    outbox::{AttemptRecord, AttemptResult, Outbox, OutboxEvent},
+    parse_binding, parse_state,
+};
+
+fn event_of(r: &PgRow) -> Result<OutboxEvent, StoreError> {
+    Ok(OutboxEvent {
+        id: r.try_get("id")?,
+        push_id: r.try_get("push_id")?,
+        tenant: r.try_get("tenant")?,
+        state: parse_state(r.try_get("state")?)?,
+        seq: r.try_get("seq")?,
+        target: r.try_get("target")?,
+        created_at_ms: r.try_get("created_at")?,
+        age_from_ms: r.try_get("age_from")?,
+        attempts: u32_of(r.try_get("attempts")?, "webhook attempts")?,
+    })
+}
+
+#[async_trait::async_trait]
+impl Outbox for PgStore {
+    async fn claim_webhooks(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease: Duration,
+        limit: u32,
+        skip_targets: &[String],
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let until = now_ms.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        // Per-push order: an event is a candidate only when no earlier event of its push is
+        // still pending. An earlier event leased by another replica is pending too, so the
+        // later one waits for it even across replicas.
+        let rows = sqlx::query(
+            "WITH c AS ( \
+                 SELECT o.id FROM webhook_outbox o \
+                  WHERE o.status = 'pending' AND o.next_attempt_at <= $1 \
+                    AND (o.lease_until IS NULL OR o.lease_until <= $1) \
+                    AND NOT EXISTS (SELECT 1 FROM webhook_outbox e \
+                                     WHERE e.push_id = o.push_id AND e.status = 'pending' \
+                                       AND e.seq < o.seq) \
+                    AND NOT (o.target = ANY($5::text[])) \
+                  ORDER BY o.next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             UPDATE webhook_outbox w SET lease_owner = $2, lease_until = $3 \
+               FROM c WHERE w.id = c.id \
+             RETURNING w.id, w.push_id, w.tenant, w.state, w.seq, w.target, w.created_at, \
+                 w.age_from, w.attempts",
+        )
+        .bind(now_ms)
+        .bind(owner)
+        .bind(until)
+        .bind(i64::from(limit))
+        .bind(skip_targets)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events = rows.iter().map(event_of).collect::<Result<Vec<_>, _>>()?;
+        events.sort_by_key(|e| (e.created_at_ms, e.seq));
+        Ok(events)
+    }
+
+    async fn release_webhooks(&self, owner: &str, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE webhook_outbox SET lease_owner = NULL, lease_until = NULL \
+             WHERE lease_owner = $1 AND status = 'pending' AND id = ANY($2::text[])",
+        )
+        .bind(owner)
+        .bind(ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_webhook_attempt(&self, rec: &AttemptRecord) -> Result<bool, StoreError> {
+        let (status, next) = match rec.result {
+            AttemptResult::Delivered => ("done", None),
+            AttemptResult::Retry { at_ms } => ("pending", Some(at_ms)),
+            AttemptResult::GiveUp => ("given_up", None),
+        };
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE webhook_outbox SET status = $1, \
+                 next_attempt_at = COALESCE($2, next_attempt_at), attempts = attempts + 1, \
+                 last_error = $3, lease_owner = NULL, lease_until = NULL \
+             WHERE id = $4 AND status = 'pending' AND lease_owner = $5",
+        )
+        .bind(status)
+        .bind(next)
+        .bind(if status == "done" {
+            ""
+        } else {
+            rec.detail.as_str()
+        })
+        .bind(&rec.event.id)
+        .bind(&rec.owner)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO push_events (push_id, at, state, binding, attempt, detail, kind) \
+             VALUES ($1, $2, $3, NULL, $4, $5, 'webhook')",
+        )
+        .bind(&rec.event.push_id)
+        .bind(rec.at_ms)
+        .bind(rec.event.state.as_str())
+        .bind(i32_of(rec.event.attempts.saturating_add(1)))
+        .bind(rec.timeline_detail())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn requeue_webhooks(
+        &self,
+        tenant: &str,
+        push_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM pushes WHERE tenant = $1 AND id = $2")
+                .bind(tenant)
+                .bind(push_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(state) = state else {
+            return Ok(None);
+        };
+        let n = sqlx::query(
+            "UPDATE webhook_outbox SET status = 'pending', age_from = $1, next_attempt_at = $1, \
+                 lease_owner = NULL, lease_until = NULL \
+             WHERE push_id = $2 AND status = 'given_up'",
+        )
+        .bind(now_ms)
+        .bind(push_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            sqlx::query(
+                "INSERT INTO push_events (push_id, at, state, binding, attempt, detail, kind) \
+                 VALUES ($1, $2, $3, NULL, 0, $4, 'webhook')",
+            )
+            .bind(push_id)
+            .bind(now_ms)
+            .bind(&state)
+            .bind(format!(
+                "webhook: {n} given-up event(s) re-queued by client"
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(n))
+    }
+
+    async fn push_as_of(
+        &self,
+        tenant: &str,
+        push_id: &str,
+        seq: i64,
+    ) -> Result<Option<PushRecord>, StoreError> {
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RECORD_COLS} FROM pushes WHERE tenant = $1 AND id = $2"
+        )))
+        .bind(tenant)
+        .bind(push_id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let mut rec = record_of(&row)?;
+        let events = sqlx::query(
+            "SELECT seq, at, state, binding, attempt, detail FROM push_events \
+             WHERE push_id = $1 AND seq <= $2 ORDER BY seq",
+        )
+        .bind(push_id)
+        .bind(seq)
+        .fetch_all(&self.pool)
+        .await?;
+        for e in events {
+            let event = PushEvent {
+                at_ms: e.try_get("at")?,
+                state: parse_state(e.try_get("state")?)?,
+                binding: parse_binding(e.try_get("binding")?, "event binding")?,
+                attempt: u32_of(e.try_get("attempt")?, "event attempt")?,
+                detail: e.try_get("detail")?,
+            };
+            if e.try_get::<i64, _>("seq")? == seq {
+                rec.state = event.state;
+                rec.updated_at_ms = event.at_ms;
+            }
+            rec.events.push(event);
+        }
+        Ok(Some(rec))
+    }
+
+    async fn outbox_depth(&self) -> Result<u64, StoreError> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM webhook_outbox WHERE status = 'pending'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}

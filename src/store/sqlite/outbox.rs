@@ -1,0 +1,217 @@
+//! The webhook outbox on SQLite ([`Outbox`]); rows are written by the `push_events_webhook`
+//! trigger (migrations/sqlite/0004_webhooks.sql). All writes go through the single writer
+//! connection, so leases need no row locks here: a claim is one `UPDATE … RETURNING`.
+
+use std::time::Duration;
+
+use sqlx::{Row, sqlite::SqliteRow};
+
+use super::{PUSH_COLUMNS, SqliteStore, push_from_row};
+use crate::store::{
+    PushEvent, PushRecord, StoreError,
+    outbox::{AttemptRecord, AttemptResult, Outbox, OutboxEvent},
+    parse_binding, parse_state, to_json,
+};
+
+const EVENT_COLUMNS: &str =
+    "id, push_id, tenant, state, seq, target, created_at, age_from, attempts";
+
+fn event_from_row(r: &SqliteRow) -> Result<OutboxEvent, StoreError> {
+    Ok(OutboxEvent {
+        id: r.try_get("id")?,
+        push_id: r.try_get("push_id")?,
+        tenant: r.try_get("tenant")?,
+        state: parse_state(&r.try_get::<String, _>("state")?)?,
+        seq: r.try_get("seq")?,
+        target: r.try_get("target")?,
+        created_at_ms: r.try_get("created_at")?,
+        age_from_ms: r.try_get("age_from")?,
+        attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+    })
+}
+
+#[async_trait::async_trait]
+impl Outbox for SqliteStore {
+    async fn claim_webhooks(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease: Duration,
+        limit: u32,
+        skip_targets: &[String],
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let until = now_ms.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE webhook_outbox SET lease_owner = ?1, lease_until = ?2
+             WHERE id IN (
+                 SELECT o.id FROM webhook_outbox o
+                  WHERE o.status = 'pending' AND o.next_attempt_at <= ?3
+                    AND (o.lease_until IS NULL OR o.lease_until <= ?3)
+                    AND NOT EXISTS (SELECT 1 FROM webhook_outbox e
+                                     WHERE e.push_id = o.push_id AND e.status = 'pending'
+                                       AND e.seq < o.seq)
+                    AND o.target NOT IN (SELECT value FROM json_each(?5))
+                  ORDER BY o.next_attempt_at LIMIT ?4)
+             RETURNING {EVENT_COLUMNS}"
+        )))
+        .bind(owner)
+        .bind(until)
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .bind(to_json(&skip_targets))
+        .fetch_all(&self.write)
+        .await?;
+        let mut events = rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        // RETURNING gives no order guarantee.
+        events.sort_by_key(|e| (e.created_at_ms, e.seq));
+        Ok(events)
+    }
+
+    async fn release_webhooks(&self, owner: &str, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE webhook_outbox SET lease_owner = NULL, lease_until = NULL
+             WHERE lease_owner = ?1 AND status = 'pending'
+               AND id IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(owner)
+        .bind(to_json(&ids))
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_webhook_attempt(&self, rec: &AttemptRecord) -> Result<bool, StoreError> {
+        let (status, next) = match rec.result {
+            AttemptResult::Delivered => ("done", None),
+            AttemptResult::Retry { at_ms } => ("pending", Some(at_ms)),
+            AttemptResult::GiveUp => ("given_up", None),
+        };
+        let mut tx = self.write.begin().await?;
+        let r = sqlx::query(
+            "UPDATE webhook_outbox SET status = ?1, next_attempt_at = COALESCE(?2, next_attempt_at),
+                 attempts = attempts + 1, last_error = ?3, lease_owner = NULL, lease_until = NULL
+             WHERE id = ?4 AND status = 'pending' AND lease_owner = ?5",
+        )
+        .bind(status)
+        .bind(next)
+        .bind(if status == "done" { "" } else { rec.detail.as_str() })
+        .bind(&rec.event.id)
+        .bind(&rec.owner)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO push_events (push_id, at, state, binding, attempt, detail, kind)
+             VALUES (?1, ?2, ?3, NULL, ?4, ?5, 'webhook')",
+        )
+        .bind(&rec.event.push_id)
+        .bind(rec.at_ms)
+        .bind(rec.event.state.as_str())
+        .bind(i64::from(rec.event.attempts) + 1)
+        .bind(rec.timeline_detail())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn requeue_webhooks(
+        &self,
+        tenant: &str,
+        push_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM pushes WHERE tenant = ? AND id = ?")
+                .bind(tenant)
+                .bind(push_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(state) = state else {
+            return Ok(None);
+        };
+        let n = sqlx::query(
+            "UPDATE webhook_outbox SET status = 'pending', age_from = ?1, next_attempt_at = ?1,
+                 lease_owner = NULL, lease_until = NULL
+             WHERE push_id = ?2 AND status = 'given_up'",
+        )
+        .bind(now_ms)
+        .bind(push_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            sqlx::query(
+                "INSERT INTO push_events (push_id, at, state, binding, attempt, detail, kind)
+                 VALUES (?1, ?2, ?3, NULL, 0, ?4, 'webhook')",
+            )
+            .bind(push_id)
+            .bind(now_ms)
+            .bind(&state)
+            .bind(format!(
+                "webhook: {n} given-up event(s) re-queued by client"
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(n))
+    }
+
+    async fn push_as_of(
+        &self,
+        tenant: &str,
+        push_id: &str,
+        seq: i64,
+    ) -> Result<Option<PushRecord>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {PUSH_COLUMNS} FROM pushes WHERE tenant = ? AND id = ?"
+        )))
+        .bind(tenant)
+        .bind(push_id)
+        .fetch_optional(&self.read)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut push = push_from_row(&row)?;
+        let events = sqlx::query(
+            "SELECT seq, at, state, binding, attempt, detail FROM push_events
+              WHERE push_id = ? AND seq <= ? ORDER BY seq",
+        )
+        .bind(push_id)
+        .bind(seq)
+        .fetch_all(&self.read)
+        .await?;
+        for e in events {
+            let event = PushEvent {
+                at_ms: e.try_get("at")?,
+                state: parse_state(&e.try_get::<String, _>("state")?)?,
+                binding: parse_binding(e.try_get("binding")?, "binding")?,
+                attempt: u32::try_from(e.try_get::<i64, _>("attempt")?).unwrap_or(0),
+                detail: e.try_get("detail")?,
+            };
+            if e.try_get::<i64, _>("seq")? == seq {
+                push.state = event.state;
+                push.updated_at_ms = event.at_ms;
+            }
+            push.events.push(event);
+        }
+        Ok(Some(push))
+    }
+
+    async fn outbox_depth(&self) -> Result<u64, StoreError> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM webhook_outbox WHERE status = 'pending'")
+                .fetch_one(&self.read)
+                .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}

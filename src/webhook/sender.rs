@@ -1,0 +1,396 @@
+//! The webhook sender: one task per replica that delivers the outbox (src/store/outbox.rs).
+//!
+//! Loop: claim due events (skipping targets already at their concurrency limit), POST each in
+//! its own task, record the attempt. 2xx = done; anything else, a timeout or a connection error
+//! = retry with jittered exponential backoff ([`outbox::after_failure`]), given up after
+//! `max_age_seconds`. Redirects are not followed; host names are resolved through the
+//! [`CheckedResolver`] so `[webhooks] allow_targets` applies to the addresses connected to.
+
+use std::{
+    collections::HashMap,
+    error::Error as _,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{Targets, WebhooksConfig};
+use crate::{
+    api::pushes::PushView,
+    net::targets::{CheckedResolver, TargetRefused},
+    store::{
+        Store, StoreError,
+        outbox::{self, AttemptRecord, AttemptResult, OutboxEvent},
+    },
+};
+
+/// Requests in flight to one target URL at most: a slow receiver ties up only these, and its
+/// further events are not even claimed while it is at the limit.
+pub const PER_TARGET: usize = 4;
+/// Requests in flight per replica at most.
+pub const MAX_IN_FLIGHT: usize = 128;
+/// How often the outbox is polled when idle (events become due by time as well as by commits).
+const POLL: Duration = Duration::from_millis(200);
+/// Events claimed at most per round.
+const CLAIM_BATCH: u32 = 64;
+
+#[derive(Clone)]
+struct SenderMetrics {
+    deliveries: IntCounterVec,
+    depth: IntGauge,
+    attempt: Histogram,
+}
+
+impl SenderMetrics {
+    fn new(registry: &prometheus::Registry) -> anyhow::Result<Self> {
+        let deliveries = IntCounterVec::new(
+            Opts::new(
+                "dmpushd_webhook_deliveries_total",
+                "Webhook attempts by outcome (delivered, retry, given_up)",
+            ),
+            &["outcome"],
+        )?;
+        let depth = IntGauge::new(
+            "dmpushd_webhook_outbox_depth",
+            "Webhook events waiting to be delivered",
+        )?;
+        let attempt = Histogram::with_opts(HistogramOpts::new(
+            "dmpushd_webhook_attempt_seconds",
+            "Duration of one webhook attempt",
+        ))?;
+        registry.register(Box::new(deliveries.clone()))?;
+        registry.register(Box::new(depth.clone()))?;
+        registry.register(Box::new(attempt.clone()))?;
+        for o in ["delivered", "retry", "given_up"] {
+            deliveries.with_label_values(&[o]);
+        }
+        Ok(Self {
+            deliveries,
+            depth,
+            attempt,
+        })
+    }
+}
+
+/// Shared between the claim loop and the delivery tasks.
+struct Shared {
+    store: Arc<dyn Store>,
+    targets: Arc<Targets>,
+    client: reqwest::Client,
+    owner: String,
+    max_age: Duration,
+    metrics: SenderMetrics,
+    /// Requests in flight per target URL.
+    busy: Mutex<HashMap<String, usize>>,
+}
+
+pub struct Sender {
+    shared: Arc<Shared>,
+    lease: Duration,
+}
+
+impl Sender {
+    pub fn new(
+        store: Arc<dyn Store>,
+        targets: Arc<Targets>,
+        cfg: &WebhooksConfig,
+        owner: String,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<Self> {
+        let timeout = Duration::from_secs(cfg.timeout_seconds.max(1));
+        let tls = crate::tls::ClientTls {
+            section: "webhooks",
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            alpn: &[b"h2", b"http/1.1"],
+        }
+        .build()?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured((*tls).clone())
+            .dns_resolver(CheckedResolver {
+                policy: targets.policy.clone(),
+                section: "webhooks",
+            })
+            .no_proxy()
+            // A redirect could point anywhere the allow-list forbids; a moved receiver must be
+            // reconfigured.
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(PER_TARGET)
+            .user_agent(concat!("dmpushd/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                store,
+                targets,
+                client,
+                owner,
+                max_age: Duration::from_secs(cfg.max_age_seconds),
+                metrics: SenderMetrics::new(registry)?,
+                busy: Mutex::new(HashMap::new()),
+            }),
+            // Long enough for the request and for recording it; a crashed replica's events are
+            // retaken after this.
+            lease: timeout + Duration::from_secs(30),
+        })
+    }
+
+    /// Delivers until `stop`, then waits for the requests in flight (their leases would
+    /// otherwise delay those events by a lease length).
+    pub async fn run(self, stop: CancellationToken) {
+        let Some(_) = self.shared.store.outbox() else {
+            tracing::warn!(message = "The store has no webhook outbox; webhooks are off.");
+            return;
+        };
+        let mut tasks = JoinSet::new();
+        let mut depth_at: Option<Instant> = None;
+        loop {
+            // Finished tasks leave the set here, so that its length is what is in flight.
+            while tasks.try_join_next().is_some() {}
+            if depth_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                depth_at = Some(Instant::now());
+                self.refresh_depth().await;
+            }
+            let claimed = if tasks.len() < MAX_IN_FLIGHT {
+                self.claim_round(&mut tasks).await
+            } else {
+                0
+            };
+            if claimed > 0 {
+                continue;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn refresh_depth(&self) {
+        if let Some(outbox) = self.shared.store.outbox()
+            && let Ok(n) = outbox.outbox_depth().await
+        {
+            self.shared
+                .metrics
+                .depth
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// One claim; spawns a task per event. Returns how many were claimed.
+    async fn claim_round(&self, tasks: &mut JoinSet<()>) -> usize {
+        let sh = &self.shared;
+        let Some(outbox) = sh.store.outbox() else {
+            return 0;
+        };
+        let skip: Vec<String> = lock(&sh.busy)
+            .iter()
+            .filter(|(_, n)| **n >= PER_TARGET)
+            .map(|(t, _)| t.clone())
+            .collect();
+        let room = u32::try_from(MAX_IN_FLIGHT - tasks.len().min(MAX_IN_FLIGHT)).unwrap_or(0);
+        let now = crate::domain::now_ms();
+        let events = match outbox
+            .claim_webhooks(&sh.owner, now, self.lease, room.min(CLAIM_BATCH), &skip)
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(message = "Webhook claim failed.", error = %e);
+                return 0;
+            }
+        };
+        // A batch may hold more events for one target than it has free slots: those go back.
+        let mut start = Vec::with_capacity(events.len());
+        let mut release = Vec::new();
+        {
+            let mut busy = lock(&sh.busy);
+            for event in events {
+                let count = busy.entry(event.target.clone()).or_insert(0);
+                if *count >= PER_TARGET {
+                    release.push(event.id);
+                } else {
+                    *count += 1;
+                    start.push(event);
+                }
+            }
+        }
+        if let Err(e) = outbox.release_webhooks(&sh.owner, &release).await {
+            tracing::warn!(message = "Webhook lease release failed.", error = %e);
+        }
+        let n = start.len();
+        for event in start {
+            let sh = self.shared.clone();
+            tasks.spawn(async move {
+                let target = event.target.clone();
+                sh.deliver(event).await;
+                let mut busy = lock(&sh.busy);
+                if let Some(c) = busy.get_mut(&target) {
+                    *c = c.saturating_sub(1);
+                    if *c == 0 {
+                        busy.remove(&target);
+                    }
+                }
+            });
+        }
+        n
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The request body: `{"type", "timestamp", "data"}` (DESIGN §10.2).
+pub fn body(event: &OutboxEvent, push: crate::store::PushRecord) -> Vec<u8> {
+    let timestamp = time::OffsetDateTime::from_unix_timestamp_nanos(
+        i128::from(event.created_at_ms) * 1_000_000,
+    )
+    .ok()
+    .and_then(|t| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+    .unwrap_or_default();
+    let v = serde_json::json!({
+        "type": event.event_type(),
+        "timestamp": timestamp,
+        "data": PushView::from_record(push),
+    });
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// Why an attempt failed, for the timeline: status, timeout or the error chain (reqwest's
+/// message without the URL, which may carry user-info).
+fn describe_error(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timeout".into();
+    }
+    let e = e.without_url();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = e.source();
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<TargetRefused>() {
+            return r.to_string();
+        }
+        source = s.source();
+    }
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl Shared {
+    async fn deliver(&self, event: OutboxEvent) {
+        let Some(outbox) = self.store.outbox() else {
+            return;
+        };
+        let start = Instant::now();
+        let attempt = self.attempt(&event).await;
+        self.metrics.attempt.observe(start.elapsed().as_secs_f64());
+        let now = crate::domain::now_ms();
+        let (result, detail) = match attempt {
+            Ok(status) if (200..300).contains(&status) => {
+                (AttemptResult::Delivered, format!("HTTP {status}"))
+            }
+            Ok(status) => (
+                outbox::after_failure_now(&event, now, self.max_age),
+                format!("HTTP {status}"),
+            ),
+            Err(Failure::Retry(detail)) => {
+                (outbox::after_failure_now(&event, now, self.max_age), detail)
+            }
+            Err(Failure::Permanent(detail)) => (AttemptResult::GiveUp, detail),
+            Err(Failure::Store(e)) => {
+                // Not an attempt: the lease runs out and the event is tried again.
+                tracing::warn!(message = "Webhook payload could not be read.", webhook_id = %event.id, error = %e);
+                return;
+            }
+        };
+        let outcome = match result {
+            AttemptResult::Delivered => "delivered",
+            AttemptResult::Retry { .. } => "retry",
+            AttemptResult::GiveUp => "given_up",
+        };
+        self.metrics.deliveries.with_label_values(&[outcome]).inc();
+        if outcome == "given_up" {
+            tracing::warn!(message = "Webhook given up.", push_id = %event.push_id, webhook_id = %event.id, detail = %detail);
+        }
+        let rec = AttemptRecord {
+            event,
+            owner: self.owner.clone(),
+            at_ms: now,
+            result,
+            detail,
+        };
+        match outbox.record_webhook_attempt(&rec).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(message = "Webhook attempt not recorded: lease lost.", webhook_id = %rec.event.id)
+            }
+            Err(e) => {
+                tracing::warn!(message = "Webhook attempt not recorded.", webhook_id = %rec.event.id, error = %e)
+            }
+        }
+    }
+
+    /// One POST: the status code, or why there was none.
+    async fn attempt(&self, event: &OutboxEvent) -> Result<u16, Failure> {
+        let Some(outbox) = self.store.outbox() else {
+            return Err(Failure::Permanent("no outbox".into()));
+        };
+        let Some(secret) = self.targets.secret(&event.tenant) else {
+            return Err(Failure::Permanent(
+                "the tenant has no webhook_secret (configuration)".into(),
+            ));
+        };
+        let Some(push) = outbox
+            .push_as_of(&event.tenant, &event.push_id, event.seq)
+            .await
+            .map_err(Failure::Store)?
+        else {
+            return Err(Failure::Permanent("the push is no longer stored".into()));
+        };
+        let url = match url::Url::parse(&event.target) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+            _ => return Err(Failure::Permanent("invalid target URL".into())),
+        };
+        if let Some(ip) = self.targets.policy.refused_literal(&url) {
+            return Err(Failure::Retry(format!(
+                "target {ip} is outside webhooks.allow_targets"
+            )));
+        }
+        let body = body(event, push);
+        let ts = crate::domain::now_ms().div_euclid(1000);
+        let signature = secret.sign(&event.id, ts, &body);
+        let resp = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &event.id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Failure::Retry(describe_error(e)))?;
+        Ok(resp.status().as_u16())
+    }
+}
+
+enum Failure {
+    Retry(String),
+    Permanent(String),
+    Store(StoreError),
+}
