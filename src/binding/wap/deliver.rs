@@ -202,7 +202,15 @@ impl WapBinding {
 
     pub(super) async fn deliver_one(&self, d: Delivery) -> Outcome {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let p = match plan(&self.cfg, &d.target, d.content_type, &d.body, n as u8, n) {
+        let p = match plan(
+            &self.cfg,
+            &d.target,
+            d.content_type,
+            &d.body,
+            d.bootstrap.as_ref(),
+            n as u8,
+            n,
+        ) {
             Ok(p) => p,
             Err(e) => return encode_outcome(e),
         };
