@@ -18,7 +18,9 @@ pub mod plan;
 pub mod session;
 
 pub use config::{AmbiguousPolicy, AppIdForm, WapConfig};
-pub use plan::{EncodeError, Plan, compile_xml, encode_units, plan, route, wsp_pdu};
+pub use plan::{
+    EncodeError, Plan, compile_xml, encode_units, plan, route, submit_sm, validity, wsp_pdu,
+};
 pub use session::{PortAddressing, SegResult, SmscConfig, ValidityMode};
 
 use std::{

@@ -4,10 +4,11 @@
 
 use std::net::SocketAddr;
 
-use super::{AppIdForm, PortAddressing, WapConfig};
+use super::{AppIdForm, PortAddressing, SmscConfig, ValidityMode, WapConfig};
 use crate::binding::{BindingKind, CannotCarry, ContentType, DeviceBinding, WapBearer};
 use crate::codec::{
     bootstrap::Signature,
+    smpp::{self, tag},
     sms,
     wsp::{self, AppId, ContentTypeValue, Header, Param, ParamName, ParamValue, PushPdu},
 };
@@ -166,6 +167,58 @@ pub fn wsp_pdu(
         pdu.headers.push(Header::PushFlag(f));
     }
     Ok(pdu.encode()?)
+}
+
+/// The `submit_sm` for one segment on SMSC `s` (pure: shared by delivery and `dmpushd encode`).
+pub fn submit_sm(
+    s: &SmscConfig,
+    dest: &str,
+    seg: &sms::Segment,
+    reference: u16,
+    validity: String,
+) -> smpp::Sm {
+    let tlv = s.port_addressing == PortAddressing::Tlv;
+    let mut sm = smpp::Sm {
+        service_type: s.service_type.clone(),
+        source_ton: s.source_ton,
+        source_npi: s.source_npi,
+        source_addr: s.source_addr.clone(),
+        dest_ton: s.dest_ton,
+        dest_npi: s.dest_npi,
+        dest_addr: dest.to_owned(),
+        // UDHI (SMPP 3.4 §5.2.12) unless the SMSC builds the UDH from TLVs.
+        esm_class: (s.messaging_mode & 0x03) | if tlv { 0 } else { smpp::ESM_UDHI },
+        validity_period: validity,
+        registered_delivery: s.registered_delivery,
+        data_coding: s.data_coding,
+        short_message: if tlv {
+            seg.payload.clone()
+        } else {
+            seg.user_data()
+        },
+        ..Default::default()
+    };
+    if tlv {
+        sm.tlvs.push(smpp::tlv_u16(tag::SOURCE_PORT, sms::PORT_WSP));
+        sm.tlvs
+            .push(smpp::tlv_u16(tag::DESTINATION_PORT, sms::PORT_WAP_PUSH));
+        if seg.total > 1 {
+            sm.tlvs.push(smpp::tlv_u16(tag::SAR_MSG_REF_NUM, reference));
+            sm.tlvs
+                .push(smpp::tlv_u8(tag::SAR_TOTAL_SEGMENTS, seg.total));
+            sm.tlvs.push(smpp::tlv_u8(tag::SAR_SEGMENT_SEQNUM, seg.seq));
+        }
+    }
+    sm
+}
+
+/// The SMPP validity_period for an SMSC's [`ValidityMode`] (SMPP 3.4 §7.1.1).
+pub fn validity(s: &SmscConfig, remaining_secs: u64, expires_at_unix: i64) -> String {
+    match s.validity {
+        ValidityMode::Relative => smpp::relative_validity(remaining_secs),
+        ValidityMode::Absolute => smpp::absolute_validity(expires_at_unix),
+        ValidityMode::None => String::new(),
+    }
 }
 
 /// SMSCs that route `digits`, best (longest prefix) first; default routes (no prefixes) last.
