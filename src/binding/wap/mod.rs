@@ -19,7 +19,8 @@ pub mod session;
 
 pub use config::{AmbiguousPolicy, AppIdForm, WapConfig};
 pub use plan::{
-    EncodeError, Plan, compile_xml, encode_units, plan, route, submit_sm, validity, wsp_pdu,
+    EncodeError, Plan, compile_xml, encode_units, plan, preview_ids, route, submit_sm, validity,
+    wsp_pdu,
 };
 pub use session::{PortAddressing, SegResult, SmscConfig, ValidityMode};
 

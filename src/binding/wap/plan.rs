@@ -323,20 +323,19 @@ pub fn encode_units(
     body: &[u8],
     bootstrap: Option<&Signature>,
 ) -> Result<Vec<Vec<u8>>, EncodeError> {
+    let (tid, reference) = preview_ids(body);
+    let p = plan(cfg, target, content_type, body, bootstrap, tid, reference)?;
+    Ok(p.units(cfg))
+}
+
+/// The TID and concatenation reference a preview (or `dmpushd encode`) uses: derived from the
+/// body so the answer is deterministic; real deliveries use a counter.
+pub fn preview_ids(body: &[u8]) -> (u8, u16) {
     // FNV-1a: a stable, cheap spread of the body into the reference space.
     let h = body.iter().fold(0x811c_9dc5u32, |h, b| {
         (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
     });
-    let p = plan(
-        cfg,
-        target,
-        content_type,
-        body,
-        bootstrap,
-        h as u8,
-        (h >> 8) as u16,
-    )?;
-    Ok(p.units(cfg))
+    (h as u8, (h >> 8) as u16)
 }
 
 #[cfg(test)]
