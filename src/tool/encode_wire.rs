@@ -47,8 +47,12 @@ pub fn run(args: &EncodeArgs) -> anyhow::Result<String> {
     let target = validate::bindings(&[input], "target")
         .map_err(|p| anyhow::anyhow!("--target: {}", p.detail))?
         .remove(0);
-    let content_type = validate::content_type(&args.content_type)
-        .map_err(|p| anyhow::anyhow!("--content-type: {}", p.detail))?;
+    // Empty = the clap default (a struct built with `Default` in tests).
+    let content_type = match args.content_type.as_str() {
+        "" => ContentType::DmWbxml,
+        ct => validate::content_type(ct)
+            .map_err(|p| anyhow::anyhow!("--content-type: {}", p.detail))?,
+    };
     let settings = match &args.config {
         Some(f) => {
             Settings::load(Some(f), true).with_context(|| format!("--config {}", f.display()))?
@@ -85,7 +89,7 @@ pub fn run(args: &EncodeArgs) -> anyhow::Result<String> {
         _ => other_wire(&settings, &target, content_type, &body, bootstrap.as_ref())?,
     };
     match args.format.as_str() {
-        "hex" => hex_text(&wire),
+        "hex" | "" => hex_text(&wire),
         "json" => {
             let mut v = json!({
                 "binding": wire.binding,
