@@ -281,5 +281,12 @@ async fn other_bindings_refuse_a_bootstrap_and_xml_is_compiled_before_signing() 
         .await;
     assert_eq!(s, 422, "{p}");
     assert!(p.to_string().contains("bootstrap.imsi"), "{p}");
+    // The OpenAPI document describes the field, with imsi and pin write-only.
+    let (s, doc) = gw.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(s, 200);
+    let schema = &doc["components"]["schemas"]["BootstrapParams"];
+    assert_eq!(schema["required"], json!(["sec"]), "{schema}");
+    assert_eq!(schema["properties"]["imsi"]["writeOnly"], true, "{schema}");
+    assert_eq!(schema["properties"]["pin"]["writeOnly"], true, "{schema}");
     gw.stop().await;
 }
