@@ -288,5 +288,10 @@ async fn other_bindings_refuse_a_bootstrap_and_xml_is_compiled_before_signing() 
     assert_eq!(schema["required"], json!(["sec"]), "{schema}");
     assert_eq!(schema["properties"]["imsi"]["writeOnly"], true, "{schema}");
     assert_eq!(schema["properties"]["pin"]["writeOnly"], true, "{schema}");
+    assert_eq!(
+        doc["components"]["schemas"]["BootstrapSec"]["enum"],
+        json!(["netwpin", "userpin", "usernetwpin", "userpinmac"]),
+        "{doc}"
+    );
     gw.stop().await;
 }

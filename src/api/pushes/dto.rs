@@ -51,7 +51,7 @@ pub struct PushRequest {
 #[serde(deny_unknown_fields)]
 pub struct BootstrapParams {
     /// `netwpin`, `userpin`, `usernetwpin` or `userpinmac` (OMA ProvBoot SEC methods).
-    #[schema(pattern = "^(netwpin|userpin|usernetwpin|userpinmac)$")]
+    #[schema(value_type = BootstrapSec)]
     pub sec: String,
     /// IMSI digits (at most 15), for `netwpin` and `usernetwpin`.
     #[schema(write_only, pattern = "^[0-9]{1,15}$")]
@@ -59,6 +59,17 @@ pub struct BootstrapParams {
     /// User PIN, for `userpin`, `usernetwpin` and `userpinmac`.
     #[schema(write_only)]
     pub pin: Option<String>,
+}
+
+/// The SEC methods of `bootstrap.sec`, for the OpenAPI document (the field is validated in
+/// `submission::sign_bootstrap`, which names it in a 422).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BootstrapSec {
+    Netwpin,
+    Userpin,
+    Usernetwpin,
+    Userpinmac,
 }
 
 impl std::fmt::Debug for BootstrapParams {
