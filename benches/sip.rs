@@ -199,6 +199,7 @@ fn binding_rate(
                         },
                         content_type: ContentType::DmXml,
                         body: Bytes::from_static(DM_XML.as_bytes()),
+                        bootstrap: None,
                         attempt: 1,
                         expires_at: now + time::Duration::hours(1),
                         now,

@@ -78,14 +78,14 @@ fn cfg(port: u16) -> WapConfig {
 fn encode_notification_units(b: divan::Bencher) {
     let body = pkg0();
     let c = cfg(1);
-    b.bench(|| wap::encode_units(&c, &target(), ContentType::Notification, &body).unwrap());
+    b.bench(|| wap::encode_units(&c, &target(), ContentType::Notification, &body, None).unwrap());
 }
 
 #[divan::bench]
 fn encode_dm600_units(b: divan::Bencher) {
     let body = dm600();
     let c = cfg(1);
-    b.bench(|| wap::encode_units(&c, &target(), ContentType::DmWbxml, &body).unwrap());
+    b.bench(|| wap::encode_units(&c, &target(), ContentType::DmWbxml, &body, None).unwrap());
 }
 
 #[divan::bench]
@@ -188,6 +188,7 @@ fn delivery() -> Delivery {
         target: target(),
         content_type: ContentType::Notification,
         body: pkg0().into(),
+        bootstrap: None,
         attempt: 1,
         expires_at: now + time::Duration::hours(1),
         now,
@@ -225,6 +226,7 @@ fn raw_client_burst(b: divan::Bencher) {
         &target(),
         ContentType::Notification,
         &pkg0(),
+        None,
     )
     .unwrap();
     let sm = smpp::Sm {

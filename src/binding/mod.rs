@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::codec::bootstrap::Signature;
 pub use crate::domain::{
     BindingKind, ContentType, DeviceBinding, HmacCredentials, HttpFraming, NextHopRef, Receipt,
     ReceiptAck, WapBearer,
@@ -37,6 +38,9 @@ pub struct Delivery {
     pub target: DeviceBinding,
     pub content_type: ContentType,
     pub body: Bytes,
+    /// DM bootstrap SEC/MAC (DESIGN §10.4); only bindings that [`Binding::carries_bootstrap`]
+    /// are given a delivery that has one.
+    pub bootstrap: Option<Signature>,
     /// 1 for the first attempt.
     pub attempt: u32,
     /// The push's TTL end; a binding derives e.g. the SMPP validity period from it.
@@ -106,6 +110,10 @@ pub enum CannotCarry {
     Payload(String),
 }
 
+/// Why a non-WAP binding refuses a bootstrap push.
+pub const BOOTSTRAP_WAP_ONLY: &str =
+    "bootstrap (SEC/MAC) can only be carried by the wap binding (WSP Content-Type parameters)";
+
 /// Why a binding is not ready (e.g. no SMSC bound); shown per binding by `/readyz`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -142,6 +150,46 @@ pub trait Binding: Send + Sync + 'static {
         body: &[u8],
     ) -> Result<(), CannotCarry> {
         self.preview(target, content_type, body).map(|_| ())
+    }
+
+    /// Whether this binding can carry a DM bootstrap's SEC/MAC (DESIGN §10.4: only WAP push has
+    /// a place for them, the WSP Content-Type parameters). `auto` skips bindings that cannot.
+    fn carries_bootstrap(&self) -> bool {
+        false
+    }
+
+    /// [`Binding::preview`] for a push that may be a DM bootstrap. Bindings that cannot carry
+    /// one refuse it (the API answers 422 naming `bootstrap`).
+    fn preview_bootstrap(
+        &self,
+        target: &DeviceBinding,
+        content_type: ContentType,
+        body: &[u8],
+        bootstrap: Option<&Signature>,
+    ) -> Result<Preview, CannotCarry> {
+        match bootstrap {
+            None => self.preview(target, content_type, body),
+            Some(_) => Err(CannotCarry::Payload(BOOTSTRAP_WAP_ONLY.into())),
+        }
+    }
+
+    /// [`Binding::check`] for a push that may be a DM bootstrap.
+    fn check_bootstrap(
+        &self,
+        target: &DeviceBinding,
+        content_type: ContentType,
+        body: &[u8],
+        bootstrap: Option<&Signature>,
+    ) -> Result<(), CannotCarry> {
+        match bootstrap {
+            None => self.check(target, content_type, body),
+            Some(_) if !self.carries_bootstrap() => {
+                Err(CannotCarry::Payload(BOOTSTRAP_WAP_ONLY.into()))
+            }
+            Some(_) => self
+                .preview_bootstrap(target, content_type, body, bootstrap)
+                .map(|_| ()),
+        }
     }
 
     /// One attempt. Must not panic on anything a peer sends; must return within a bounded time.

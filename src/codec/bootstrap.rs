@@ -174,6 +174,55 @@ pub fn verify(
             == 0)
 }
 
+/// What a bootstrap push carries next to its WBXML body: the `SEC` method and the `MAC` computed
+/// at submit time. The IMSI and PIN the MAC was keyed with are never stored (DESIGN §10.4:
+/// write-only); only this derived pair travels with the push. `Debug` hides the MAC too: with a
+/// 4-digit PIN or a known MCC/MNC it would let anyone who reads logs search the key offline.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Signature {
+    pub sec: Sec,
+    /// 40 upper-case hex characters (HMAC-SHA1 of the WBXML body as sent).
+    pub mac: String,
+}
+
+impl std::fmt::Debug for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signature")
+            .field("sec", &self.sec.name())
+            .field("mac", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Signature {
+    /// Signs `wbxml` (the body exactly as it will be sent).
+    pub fn sign(
+        sec: Sec,
+        key_material: &KeyMaterial,
+        wbxml: &[u8],
+    ) -> Result<Self, BootstrapError> {
+        Ok(Self {
+            sec,
+            mac: mac(sec, key_material, wbxml)?,
+        })
+    }
+
+    /// Storage form: `NETWPIN:<MAC>` (the `pushes.bootstrap` column).
+    pub fn to_stored(&self) -> String {
+        format!("{}:{}", self.sec.name(), self.mac)
+    }
+
+    /// Parses [`Signature::to_stored`]; `None` if the text is not one.
+    pub fn from_stored(s: &str) -> Option<Self> {
+        let (sec, mac) = s.split_once(':')?;
+        let sec: Sec = sec.parse().ok()?;
+        (mac.len() == 40 && mac.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Self {
+            sec,
+            mac: mac.to_ascii_uppercase(),
+        })
+    }
+}
+
 fn hmac_sha1(key: &[u8], data: &[u8]) -> [u8; 20] {
     // HMAC accepts keys of any length (RFC 2104 §2), so this cannot fail.
     let mut m = <hmac::Hmac<Sha1> as KeyInit>::new_from_slice(key)
@@ -260,5 +309,22 @@ mod tests {
         assert!(!verify(Sec::NetwPin, &km, b"doC", &m).unwrap());
         assert!(!format!("{km:?}").contains("1234"));
         assert_eq!("userpin".parse::<Sec>().unwrap(), Sec::UserPin);
+    }
+
+    #[test]
+    fn signature_storage_round_trip_and_redaction() {
+        let km = KeyMaterial {
+            imsi: None,
+            user_pin: Some("1234".into()),
+        };
+        let s = Signature::sign(Sec::UserPin, &km, b"doc").unwrap();
+        assert_eq!(Signature::from_stored(&s.to_stored()), Some(s.clone()));
+        assert!(s.to_stored().starts_with("USERPIN:"));
+        assert!(!format!("{s:?}").contains(&s.mac));
+        assert_eq!(Signature::from_stored("USERPIN:zz"), None);
+        assert_eq!(
+            Signature::from_stored(&format!("NOPE:{}", "A".repeat(40))),
+            None
+        );
     }
 }

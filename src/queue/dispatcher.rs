@@ -314,7 +314,13 @@ impl Dispatcher {
         let (next, detail, kind) = if push.expires_at_ms <= now {
             (Next::Expired, "ttl passed".to_owned(), None)
         } else {
-            match pick_binding(&push, |k| self.bindings.get(k).is_some()) {
+            // A bootstrap's SEC/MAC has a place only in WAP push: `auto` skips the others.
+            let can = |k| {
+                self.bindings
+                    .get(k)
+                    .is_some_and(|b| push.bootstrap.is_none() || b.carries_bootstrap())
+            };
+            match pick_binding(&push, can) {
                 Err(reason) => (Next::Failed, reason, None),
                 Ok((index, target)) => match self.bindings.get(target.kind()) {
                     None => (
@@ -323,6 +329,12 @@ impl Dispatcher {
                             "binding {} is not configured on this gateway",
                             target.kind()
                         ),
+                        None,
+                    ),
+                    // Only reachable with an explicit binding the API would have refused.
+                    Some(b) if push.bootstrap.is_some() && !b.carries_bootstrap() => (
+                        Next::Failed,
+                        crate::binding::BOOTSTRAP_WAP_ONLY.to_owned(),
                         None,
                     ),
                     Some(binding) => {
@@ -336,6 +348,7 @@ impl Dispatcher {
                             target: target.clone(),
                             content_type: push.content_type,
                             body: Bytes::from(push.body.clone()),
+                            bootstrap: push.bootstrap.clone(),
                             attempt: push.attempt,
                             expires_at: time::OffsetDateTime::from_unix_timestamp_nanos(
                                 push.expires_at_ms as i128 * 1_000_000,

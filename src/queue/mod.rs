@@ -137,6 +137,7 @@ mod tests {
             created_at_ms: 0,
             expires_at_ms: 100_000,
             callback_url: None,
+            bootstrap: None,
             taken_over_from: None,
         }
     }

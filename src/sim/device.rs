@@ -15,6 +15,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use serde_json::{Value, json};
 
 use crate::codec::{
+    bootstrap,
     notification::{self, Verification},
     smpp::{self, Sm, tag},
     sms::{self, iei},
@@ -30,12 +31,15 @@ pub struct DmCredentials {
     pub server_password: String,
     /// The server nonce, already decoded from base64.
     pub nonce: Vec<u8>,
+    /// The IMSI and user PIN this device verifies a DM bootstrap's MAC with (`--bootstrap-key`).
+    pub bootstrap: bootstrap::KeyMaterial,
 }
 
 impl std::fmt::Debug for DmCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DmCredentials")
             .field("server_id", &self.server_id)
+            .field("bootstrap", &self.bootstrap)
             .finish_non_exhaustive()
     }
 }
@@ -59,8 +63,68 @@ impl DmCredentials {
             server_id: server_id.to_owned(),
             server_password: password.to_owned(),
             nonce,
+            bootstrap: bootstrap::KeyMaterial::default(),
         })
     }
+
+    /// Parses the `IMSI:PIN` of `--bootstrap-key` (either may be empty; the PIN may contain `:`).
+    pub fn parse_bootstrap_key(s: &str) -> Result<bootstrap::KeyMaterial, String> {
+        let (imsi, pin) = s
+            .split_once(':')
+            .ok_or("expected IMSI:PIN (either may be empty)")?;
+        if !imsi.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("the IMSI is not all digits".into());
+        }
+        let some = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+        Ok(bootstrap::KeyMaterial {
+            imsi: some(imsi),
+            user_pin: some(pin),
+        })
+    }
+}
+
+/// A DM bootstrap's SEC/MAC as the device checks them (OMA ProvBoot as used by the DM profile,
+/// protocol-facts §A.8): the MAC is HMAC-SHA1 over the WBXML body exactly as received, keyed
+/// per SEC from the device's IMSI and the PIN its user typed. A bootstrap whose MAC does not
+/// verify is discarded. Returns `None` when the content type has no SEC parameter.
+pub fn check_bootstrap(
+    ct: &wsp::ContentTypeValue,
+    body: &[u8],
+    key: Option<&bootstrap::KeyMaterial>,
+) -> Option<Result<Value, String>> {
+    let param = |code: u32| {
+        ct.params
+            .iter()
+            .find(|p| p.name == wsp::ParamName::WellKnown(code))
+            .map(|p| &p.value)
+    };
+    let sec = param(wsp::param::SEC)?;
+    let sec = match sec {
+        wsp::ParamValue::Integer(c) => u8::try_from(*c).ok().and_then(bootstrap::Sec::from_code),
+        wsp::ParamValue::Text(_) => None,
+    };
+    let Some(sec) = sec else {
+        return Some(Err("bootstrap SEC parameter is not a known method".into()));
+    };
+    let Some(wsp::ParamValue::Text(mac)) = param(wsp::param::MAC) else {
+        return Some(Err(format!("bootstrap SEC={} without a MAC", sec.name())));
+    };
+    let check = match key {
+        None => "not-checked".to_owned(),
+        Some(k) => match bootstrap::verify(sec, k, body, mac) {
+            Ok(true) => "ok".to_owned(),
+            Ok(false) => {
+                return Some(Err(format!(
+                    "bootstrap MAC does not verify for SEC={} (discarded)",
+                    sec.name()
+                )));
+            }
+            Err(e) => format!("not-checked ({e})"),
+        },
+    };
+    Some(Ok(
+        json!({ "sec": sec.name(), "mac": mac, "mac_check": check }),
+    ))
 }
 
 /// The three DM media types the DM application accepts (seed §5.1.1: 0x42/0x43; the DM
@@ -261,10 +325,25 @@ pub fn wdp_datagram(
             seen,
         );
     };
-    let app = dm_application(media, &pdu.body, creds);
+    let boot = check_bootstrap(
+        &pdu.content_type,
+        &pdu.body,
+        creds
+            .map(|c| &c.bootstrap)
+            .filter(|k| **k != bootstrap::KeyMaterial::default()),
+    );
+    let boot = match boot {
+        None => None,
+        Some(Ok(b)) => Some(b),
+        Some(Err(reason)) => return discard(reason, seen),
+    };
+    let app = dm_application(media, &pdu.body, creds.filter(|c| !c.server_id.is_empty()));
     if let (Some(o), Value::Object(a)) = (seen.as_object_mut(), app) {
         o.insert("routed".into(), json!("dm"));
         o.insert("media".into(), json!(media.as_str()));
+        if let Some(b) = boot {
+            o.insert("bootstrap".into(), b);
+        }
         o.extend(a);
     }
     seen
@@ -680,5 +759,41 @@ mod tests {
         assert_eq!(c.nonce, vec![0, 0, 0]);
         assert!(DmCredentials::parse("srv:pw:!!").is_err());
         assert!(!format!("{c:?}").contains("pa:ss"));
+    }
+
+    #[test]
+    fn bootstrap_mac_is_verified_with_the_devices_key() {
+        use crate::codec::wsp::{ContentTypeValue, Param, ParamName, ParamValue};
+        let body = include_bytes!("../../tests/fixtures/bootstrap/dmacc.wbxml");
+        let key = DmCredentials::parse_bootstrap_key("310260801674539:1234").unwrap();
+        let mac = bootstrap::mac(bootstrap::Sec::UserNetwPin, &key, body).unwrap();
+        let pdu = |mac: &str| {
+            let mut ct = ContentTypeValue::well_known(content_code::DM_WBXML);
+            ct.params = vec![
+                Param {
+                    name: ParamName::WellKnown(wsp::param::SEC),
+                    value: ParamValue::Integer(2),
+                },
+                Param {
+                    name: ParamName::WellKnown(wsp::param::MAC),
+                    value: ParamValue::Text(mac.into()),
+                },
+            ];
+            PushPdu::new(1, ct, AppId::Code(7), body.to_vec())
+                .encode()
+                .unwrap()
+        };
+        let mut c = DmCredentials::parse("s:p:AAAA").unwrap();
+        c.bootstrap = key;
+        let v = wdp_datagram(Some(2948), &pdu(&mac), Some(&c));
+        assert_eq!(v["routed"], "dm", "{v}");
+        assert_eq!(v["bootstrap"]["sec"], "USERNETWPIN");
+        assert_eq!(v["bootstrap"]["mac_check"], "ok");
+        let v = wdp_datagram(Some(2948), &pdu(&"0".repeat(40)), Some(&c));
+        assert_eq!(v["routed"], "discarded", "{v}");
+        let v = wdp_datagram(Some(2948), &pdu(&mac), None);
+        assert_eq!(v["bootstrap"]["mac_check"], "not-checked");
+        assert!(DmCredentials::parse_bootstrap_key("12a:1").is_err());
+        assert!(!format!("{c:?}").contains("1234"));
     }
 }

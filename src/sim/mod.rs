@@ -82,6 +82,10 @@ pub struct SimArgs {
     /// MSISDN may be `udp` (the UDP device), `http` (the HTTP device) or `*` (any). Repeatable.
     #[arg(long = "device", value_name = "MSISDN=SERVER_ID:PW:NONCE_B64")]
     pub devices: Vec<String>,
+    /// The IMSI and user PIN a device verifies DM bootstrap MACs with (SEC/MAC WSP parameters):
+    /// `MSISDN=IMSI:PIN` (either may be empty; MSISDN as for `--device`). Repeatable.
+    #[arg(long = "bootstrap-key", value_name = "MSISDN=IMSI:PIN")]
+    pub bootstrap_keys: Vec<String>,
     /// Listen address of a webhook receiver (plays the DM server receiving dmpushd's result
     /// webhooks): verifies each signature and prints one JSON line per webhook.
     #[arg(long, value_name = "ADDR")]
@@ -136,7 +140,10 @@ pub struct SimHandle {
     pub events: mpsc::UnboundedReceiver<Value>,
 }
 
-fn parse_devices(list: &[String]) -> anyhow::Result<HashMap<String, DmCredentials>> {
+fn parse_devices(
+    list: &[String],
+    bootstrap_keys: &[String],
+) -> anyhow::Result<HashMap<String, DmCredentials>> {
     let mut m = HashMap::new();
     for d in list {
         let (who, creds) = d
@@ -146,12 +153,30 @@ fn parse_devices(list: &[String]) -> anyhow::Result<HashMap<String, DmCredential
         let c = DmCredentials::parse(creds).map_err(|e| anyhow::anyhow!("--device {who}: {e}"))?;
         m.insert(smsc::msisdn_key(who), c);
     }
+    for k in bootstrap_keys {
+        let (who, key) = k
+            .split_once('=')
+            .with_context(|| "--bootstrap-key expects MSISDN=IMSI:PIN".to_owned())?;
+        // Errors name the device, never the IMSI or PIN.
+        let key = DmCredentials::parse_bootstrap_key(key)
+            .map_err(|e| anyhow::anyhow!("--bootstrap-key {who}: {e}"))?;
+        // A device with a bootstrap key but no --device entry has no DM account (an empty
+        // server id): its package #0 digests stay "not-checked".
+        m.entry(smsc::msisdn_key(who))
+            .or_insert_with(|| DmCredentials {
+                server_id: String::new(),
+                server_password: String::new(),
+                nonce: Vec::new(),
+                bootstrap: Default::default(),
+            })
+            .bootstrap = key;
+    }
     Ok(m)
 }
 
 /// Binds every front end named in `args` and starts them; they run until `shutdown`.
 pub async fn start(args: &SimArgs, shutdown: CancellationToken) -> anyhow::Result<SimHandle> {
-    let devices = parse_devices(&args.devices)?;
+    let devices = parse_devices(&args.devices, &args.bootstrap_keys)?;
     let (events, rx) = Events::channel();
     let smpp_addr = match (args.smpp, args.udp, args.http, args.webhooks) {
         (None, None, None, None) => Some(SocketAddr::from(([127, 0, 0, 1], 2775))),

@@ -15,6 +15,7 @@ use std::{sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::codec::bootstrap::Signature;
 use crate::domain::{BindingKind, ContentType, DeviceBinding, NextHopRef, Receipt};
 pub use crate::domain::{Device, DmCredentials, PushState};
 
@@ -51,6 +52,8 @@ pub struct NewPush {
     pub request_hash: Option<String>,
     pub collapse_key: Option<String>,
     pub callback_url: Option<String>,
+    /// DM bootstrap SEC/MAC for the WSP content type (WAP only; DESIGN §10.4).
+    pub bootstrap: Option<Signature>,
 }
 
 /// Result of [`Store::enqueue`].
@@ -131,6 +134,8 @@ pub struct Claimed {
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
     pub callback_url: Option<String>,
+    /// DM bootstrap SEC/MAC (only the WAP binding carries it; `auto` skips the others).
+    pub bootstrap: Option<Signature>,
     /// The owner whose lease this claim took over (it expired, or its replica was declared dead,
     /// or the process restarted on the same SQLite file): the previous attempt may have reached
     /// the device, so this one can be a duplicate. `None` for a push that was waiting.
@@ -513,6 +518,16 @@ pub(crate) fn parse_state(s: &str) -> Result<PushState, StoreError> {
 
 pub(crate) fn parse_content_type(s: &str) -> Result<ContentType, StoreError> {
     ContentType::parse(s).ok_or_else(|| StoreError::Decode(format!("unknown content type {s:?}")))
+}
+
+/// The `pushes.bootstrap` column ([`Signature::to_stored`]).
+pub(crate) fn parse_bootstrap(s: Option<String>) -> Result<Option<Signature>, StoreError> {
+    s.map(|s| {
+        // The error names the column only: the MAC is not for logs.
+        Signature::from_stored(&s)
+            .ok_or_else(|| StoreError::Decode("pushes.bootstrap is not SEC:MAC".into()))
+    })
+    .transpose()
 }
 
 /// `what` names the column for the error message.

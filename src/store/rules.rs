@@ -753,6 +753,7 @@ mod tests {
             request_hash: None,
             collapse_key: None,
             callback_url: None,
+            bootstrap: None,
         }
     }
 

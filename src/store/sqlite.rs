@@ -32,8 +32,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{
     CancelResult, Claimed, Completion, Device, DeviceCache, Enqueued, NewPush, PushEvent,
-    PushFilter, PushRecord, PushState, ReceiptEffect, Store, StoreError, StoreOptions,
-    final_states, from_json, parse_binding, parse_content_type, parse_state,
+    PushFilter, PushRecord, PushState, ReceiptEffect, Signature, Store, StoreError, StoreOptions,
+    final_states, from_json, parse_binding, parse_bootstrap, parse_content_type, parse_state,
     rules::{
         self, CollapseScope, FirstByKey, HeldRef, PushView, RefClaim, RefRow, RefStatus,
         Settlement, is_same_request,
@@ -344,7 +344,7 @@ async fn insert_pushes(
             "INSERT INTO pushes (id, tenant, device_id, bindings, binding_choice, binding_index,
              content_type, body, priority, state, attempts, max_attempts, created_at, updated_at,
              not_before, expires_at, next_attempt_at, idempotency_key, request_hash, collapse_key,
-             callback_url) ",
+             callback_url, bootstrap) ",
         );
         q.push_values(chunk, |mut b, p| {
             b.push_bind(&p.id)
@@ -367,7 +367,8 @@ async fn insert_pushes(
                 .push_bind(&p.idempotency_key)
                 .push_bind(&p.request_hash)
                 .push_bind(&p.collapse_key)
-                .push_bind(&p.callback_url);
+                .push_bind(&p.callback_url)
+                .push_bind(p.bootstrap.as_ref().map(Signature::to_stored));
         });
         q.build().execute(&mut **tx).await?;
 
@@ -604,13 +605,15 @@ fn claimed_from_row(r: &SqliteRow) -> Result<Claimed, StoreError> {
         created_at_ms: r.try_get("created_at")?,
         expires_at_ms: r.try_get("expires_at")?,
         callback_url: r.try_get("callback_url")?,
+        bootstrap: parse_bootstrap(r.try_get("bootstrap")?)?,
         taken_over_from: None,
     })
 }
 
 const CLAIM_RETURNING: &str =
     "RETURNING id, tenant, device_id, bindings, binding_choice, binding_index,
-    content_type, body, attempts, max_attempts, created_at, expires_at, callback_url";
+    content_type, body, attempts, max_attempts, created_at, expires_at, callback_url,
+    bootstrap";
 
 /// Final pushes per purge statement: bounded by SQLite's bound-variable limit for the IN lists.
 const PURGE_CHUNK: u32 = 2_000;

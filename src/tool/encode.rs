@@ -7,6 +7,12 @@
 //! * `dmpushd encode --decode --notification FILE` — package #0 → fields, plus the digest check when
 //!   `--server-id`/password/nonce are given.
 //! * `--sec NETWPIN|USERPIN|USERNETWPIN --imsi … --user-pin …` — also print the bootstrap MAC of the WBXML.
+//! * `dmpushd encode --target '{"type":"wap","msisdn":"+49…"}' FILE` — the exact bytes a binding
+//!   would send for FILE (issue 13 item 6): the WSP PDU, every SMS segment's UDH and user data and
+//!   its `submit_sm` PDU, or the UDP datagram; the SIP MESSAGE; the OBEX packets; the HTTP request.
+//!   `--target` takes one item of the API's `bindings`; `--config` supplies the binding settings
+//!   (SMSC routes and modes, SIP From …); `--format hex|json`. Each binding's own pure planning
+//!   code produces the bytes (the same code `/v1/pushes/preview` and delivery use).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -69,10 +75,30 @@ pub struct EncodeArgs {
     /// Bootstrap: user PIN for USERPIN / USERNETWPIN.
     #[arg(long, env = "DMPUSHD_USER_PIN", hide_env_values = true)]
     pub user_pin: Option<String>,
+    /// Wire mode: one binding object as in the API's `bindings` (JSON), e.g.
+    /// `{"type":"wap","bearer":"sms","msisdn":"+491701234567"}`. FILE is the payload.
+    #[arg(long, value_name = "JSON")]
+    pub target: Option<String>,
+    /// Wire mode: the payload's content type.
+    #[arg(long, default_value = "application/vnd.syncml.dm+wbxml")]
+    pub content_type: String,
+    /// Wire mode: binding settings from this configuration file (default: built-in defaults,
+    /// with one default-route SMSC when none is configured).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Wire mode: the push's time to live, for the SMPP validity_period.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_seconds: u64,
+    /// Wire mode: `hex` (one labelled line per unit) or `json`.
+    #[arg(long, default_value = "hex")]
+    pub format: String,
 }
 
 /// Runs the tool and returns the text to print.
 pub fn run(args: &EncodeArgs) -> anyhow::Result<String> {
+    if args.target.is_some() {
+        return super::encode_wire::run(args);
+    }
     match (args.decode, args.notification) {
         (false, false) => encode_wbxml(args),
         (true, false) => decode_wbxml(args),
@@ -81,7 +107,7 @@ pub fn run(args: &EncodeArgs) -> anyhow::Result<String> {
     }
 }
 
-fn read_input(args: &EncodeArgs) -> anyhow::Result<Vec<u8>> {
+pub(super) fn read_input(args: &EncodeArgs) -> anyhow::Result<Vec<u8>> {
     let path = args.input.as_ref().context("an input FILE is required")?;
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }

@@ -15,6 +15,7 @@
 mod support;
 
 // The REST API end to end, one module per binding behind it.
+mod api_bootstrap;
 mod api_http;
 mod api_sip;
 mod api_wap;

@@ -64,6 +64,11 @@ async fn enqueue_and_get(s: Arc<dyn Store>) {
     p.idempotency_key = Some("k-1".into());
     p.request_hash = Some("h".into());
     p.callback_url = Some("https://cb.example.test/x".into());
+    // A DM bootstrap's SEC/MAC travel with the push (pushes.bootstrap; issue 13 item 4).
+    p.bootstrap = Some(dmpushd::store::Signature {
+        sec: dmpushd::codec::bootstrap::Sec::UserNetwPin,
+        mac: "93E97EE95FACA972AED7F66F5848EEAEEABF39E2".into(),
+    });
     let id = created(&s, p.clone()).await;
     let r = s.get_push("t1", &id).await.unwrap().expect("stored");
     assert_eq!(r.state, PushState::Queued);
@@ -90,6 +95,7 @@ async fn enqueue_and_get(s: Arc<dyn Store>) {
     assert_eq!(c.bindings, p.bindings);
     assert_eq!(c.binding_index, 0);
     assert_eq!(c.callback_url, p.callback_url);
+    assert_eq!(c.bootstrap, p.bootstrap);
     assert_eq!(c.max_attempts, 5);
     assert_eq!(s.next_due().await.unwrap(), None);
 }

@@ -30,6 +30,9 @@ pub struct PushRequest {
     pub body_base64: Option<String>,
     /// Build a package #0 notification from the device's `dm` credentials.
     pub notification: Option<NotificationParams>,
+    /// DM bootstrap (DESIGN §10.4): `body`/`body_base64` hold the bootstrap document; the WAP
+    /// binding adds the WSP `SEC` and `MAC` Content-Type parameters. Other bindings refuse it.
+    pub bootstrap: Option<BootstrapParams>,
     /// `normal` (default) or `high`.
     pub priority: Option<String>,
     /// Time to live from submission (default from `queue.default_ttl_seconds`).
@@ -40,6 +43,43 @@ pub struct PushRequest {
     /// A newer push with the same key supersedes a pending one.
     pub collapse_key: Option<String>,
     pub callback_url: Option<String>,
+}
+
+/// `bootstrap` of a push (DESIGN §10.4). `imsi` and `pin` are write-only: they key the MAC at
+/// submit time and are neither stored nor shown anywhere; `Debug` hides them.
+#[derive(Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapParams {
+    /// `netwpin`, `userpin`, `usernetwpin` or `userpinmac` (OMA ProvBoot SEC methods).
+    #[schema(value_type = BootstrapSec)]
+    pub sec: String,
+    /// IMSI digits (at most 15), for `netwpin` and `usernetwpin`.
+    #[schema(write_only, pattern = "^[0-9]{1,15}$")]
+    pub imsi: Option<String>,
+    /// User PIN, for `userpin`, `usernetwpin` and `userpinmac`.
+    #[schema(write_only)]
+    pub pin: Option<String>,
+}
+
+/// The SEC methods of `bootstrap.sec`, for the OpenAPI document (the field is validated in
+/// `submission::sign_bootstrap`, which names it in a 422).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BootstrapSec {
+    Netwpin,
+    Userpin,
+    Usernetwpin,
+    Userpinmac,
+}
+
+impl std::fmt::Debug for BootstrapParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapParams")
+            .field("sec", &self.sec)
+            .field("imsi", &self.imsi.as_ref().map(|_| "<redacted>"))
+            .field("pin", &self.pin.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

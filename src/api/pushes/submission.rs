@@ -5,11 +5,11 @@
 use axum::http::StatusCode;
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 
-use super::dto::{PushRequest, Submitted};
+use super::dto::{BootstrapParams, PushRequest, Submitted};
 use crate::api::{ApiLimits, ApiState, Problem, problem, validate, validate::NotificationParams};
 use crate::{
     binding::{CannotCarry, Preview},
-    codec::notification,
+    codec::{bootstrap, notification},
     domain::{BindingKind, ContentType, DeviceBinding, PushState},
     store::{DmCredentials, Enqueued, NewPush},
 };
@@ -144,7 +144,7 @@ pub fn new_push(
         .as_deref()
         .map(validate::content_type)
         .transpose()?;
-    let (content_type, body) = if let Some(text) = req.body {
+    let (mut content_type, mut body) = if let Some(text) = req.body {
         let ct = declared.unwrap_or(ContentType::DmXml);
         if ct != ContentType::DmXml {
             return Err(Problem::invalid(
@@ -198,6 +198,15 @@ pub fn new_push(
             },
         )?;
     }
+    let bootstrap = match &req.bootstrap {
+        None => None,
+        Some(b) => {
+            let (ct, wbxml, sig) = sign_bootstrap(b, content_type, body, given[0])?;
+            content_type = ct;
+            body = wbxml;
+            Some(sig)
+        }
+    };
 
     // Timing.
     let ttl = match req.ttl_seconds {
@@ -264,7 +273,102 @@ pub fn new_push(
         idempotency_key,
         collapse_key: req.collapse_key,
         callback_url,
+        bootstrap,
     })
+}
+
+/// DM bootstrap (DESIGN §10.4): validates `bootstrap`, compiles an XML document to WBXML (the MAC
+/// covers the WBXML exactly as sent, so it is compiled once, here, and stored as WBXML) and
+/// computes SEC/MAC. The IMSI and PIN go no further than this function.
+fn sign_bootstrap(
+    b: &BootstrapParams,
+    content_type: ContentType,
+    body: Vec<u8>,
+    body_field: &str,
+) -> Result<(ContentType, Vec<u8>, bootstrap::Signature), Problem> {
+    use bootstrap::Sec;
+    let sec = match b.sec.as_str() {
+        "netwpin" => Sec::NetwPin,
+        "userpin" => Sec::UserPin,
+        "usernetwpin" => Sec::UserNetwPin,
+        "userpinmac" => Sec::UserPinMac,
+        o => {
+            return Err(Problem::invalid(
+                "bootstrap.sec",
+                format!("{o:?} is not netwpin, userpin, usernetwpin or userpinmac"),
+            ));
+        }
+    };
+    let needs_imsi = matches!(sec, Sec::NetwPin | Sec::UserNetwPin);
+    let needs_pin = !matches!(sec, Sec::NetwPin);
+    // Messages name the field, never its value.
+    match (&b.imsi, needs_imsi) {
+        (None, true) => {
+            return Err(Problem::invalid(
+                "bootstrap.imsi",
+                format!("required for {}", b.sec),
+            ));
+        }
+        (Some(_), false) => {
+            return Err(Problem::invalid(
+                "bootstrap.imsi",
+                format!("not used by {}", b.sec),
+            ));
+        }
+        (Some(i), true)
+            if i.is_empty() || i.len() > 15 || !i.bytes().all(|c| c.is_ascii_digit()) =>
+        {
+            return Err(Problem::invalid(
+                "bootstrap.imsi",
+                "must be 1 to 15 digits (E.212)",
+            ));
+        }
+        _ => {}
+    }
+    match (&b.pin, needs_pin) {
+        (None, true) => {
+            return Err(Problem::invalid(
+                "bootstrap.pin",
+                format!("required for {}", b.sec),
+            ));
+        }
+        (Some(_), false) => {
+            return Err(Problem::invalid(
+                "bootstrap.pin",
+                format!("not used by {}", b.sec),
+            ));
+        }
+        (Some(p), true) if p.is_empty() => {
+            return Err(Problem::invalid("bootstrap.pin", "must not be empty"));
+        }
+        _ => {}
+    }
+    let (content_type, wbxml) = match content_type {
+        ContentType::DmWbxml => (content_type, body),
+        ContentType::DmXml => {
+            let wbxml = crate::codec::wbxml::xml_to_wbxml(&body).map_err(|e| {
+                Problem::invalid(
+                    body_field,
+                    format!("the bootstrap document cannot be compiled to WBXML: {e}"),
+                )
+            })?;
+            (ContentType::DmWbxml, wbxml)
+        }
+        ContentType::Notification => {
+            return Err(Problem::invalid(
+                "bootstrap",
+                "a bootstrap carries a DM bootstrap document (application/vnd.syncml.dm+wbxml \
+                 or +xml), not a notification",
+            ));
+        }
+    };
+    let km = bootstrap::KeyMaterial {
+        imsi: b.imsi.clone(),
+        user_pin: b.pin.clone(),
+    };
+    let sig = bootstrap::Signature::sign(sec, &km, &wbxml)
+        .map_err(|e| Problem::invalid("bootstrap.sec", e.to_string()))?;
+    Ok((content_type, wbxml, sig))
 }
 
 fn build_notification(p: &NotificationParams, dm: &DmCredentials) -> Result<Vec<u8>, Problem> {
@@ -337,7 +441,12 @@ pub(super) fn previews(
         .map(|b| {
             let r = match st.bindings.get(b.kind()) {
                 None => Err(CannotCarry::NotConfigured(b.kind())),
-                Some(binding) => binding.preview(b, push.content_type, &push.body),
+                Some(binding) => binding.preview_bootstrap(
+                    b,
+                    push.content_type,
+                    &push.body,
+                    push.bootstrap.as_ref(),
+                ),
             };
             (b.kind(), r)
         })
@@ -358,13 +467,20 @@ pub(super) fn check_capability(st: &ApiState, push: &NewPush) -> Result<(), Prob
                 b.kind(),
                 CannotCarry::NotConfigured(b.kind())
             )),
-            Some(binding) => match binding.check(b, push.content_type, &push.body) {
+            Some(binding) => match binding.check_bootstrap(
+                b,
+                push.content_type,
+                &push.body,
+                push.bootstrap.as_ref(),
+            ) {
                 Ok(()) => return Ok(()),
                 Err(e) => reasons.push(format!("{}: {e}", b.kind())),
             },
         }
     }
-    let field = if push.binding_choice.is_some() {
+    let field = if push.bootstrap.is_some() {
+        "bootstrap"
+    } else if push.binding_choice.is_some() {
         "binding"
     } else {
         "body"
@@ -541,5 +657,108 @@ mod tests {
         let p = build(keyed, Some("from-header"));
         assert_eq!(p.idempotency_key.as_deref(), Some("from-body"));
         assert_eq!(p.request_hash.as_deref(), Some("h1"));
+    }
+
+    #[test]
+    fn bootstrap_is_validated_compiled_signed_and_never_kept() {
+        let build = |b: serde_json::Value, body: serde_json::Value| {
+            let mut v = serde_json::json!({
+                "bindings": [{"type": "wap", "bearer": "udp", "address": "127.0.0.1"}],
+                "bootstrap": b});
+            v.as_object_mut()
+                .unwrap()
+                .extend(body.as_object().unwrap().clone());
+            let req = request(v);
+            let t = inline(&req);
+            new_push(
+                &limits(),
+                &Default::default(),
+                "t",
+                req,
+                t,
+                String::new(),
+                None,
+                0,
+            )
+        };
+        let xml = serde_json::json!({"body":
+            "<SyncML xmlns=\"SYNCML:SYNCML1.2\"><SyncHdr><VerDTD>1.2</VerDTD></SyncHdr></SyncML>"});
+        let field = |b: serde_json::Value, body: &serde_json::Value| {
+            build(b, body.clone())
+                .unwrap_err()
+                .field
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            field(serde_json::json!({"sec": "NETWPIN", "imsi": "1"}), &xml),
+            "bootstrap.sec"
+        );
+        assert_eq!(
+            field(serde_json::json!({"sec": "netwpin"}), &xml),
+            "bootstrap.imsi"
+        );
+        assert_eq!(
+            field(serde_json::json!({"sec": "netwpin", "imsi": "12a"}), &xml),
+            "bootstrap.imsi"
+        );
+        assert_eq!(
+            field(
+                serde_json::json!({"sec": "netwpin", "imsi": "1234567890123456"}),
+                &xml
+            ),
+            "bootstrap.imsi"
+        );
+        assert_eq!(
+            field(serde_json::json!({"sec": "userpin"}), &xml),
+            "bootstrap.pin"
+        );
+        assert_eq!(
+            field(serde_json::json!({"sec": "usernetwpin", "pin": "1"}), &xml),
+            "bootstrap.imsi"
+        );
+        assert_eq!(
+            field(
+                serde_json::json!({"sec": "netwpin", "imsi": "1", "pin": "1"}),
+                &xml
+            ),
+            "bootstrap.pin"
+        );
+        // USERPINMAC is in the contract; no independent implementation settles its key, so 422.
+        assert_eq!(
+            field(serde_json::json!({"sec": "userpinmac", "pin": "1"}), &xml),
+            "bootstrap.sec"
+        );
+        let notif = serde_json::json!({"body_base64": "AAAA",
+            "content_type": "application/vnd.syncml.notification"});
+        assert_eq!(
+            field(serde_json::json!({"sec": "userpin", "pin": "1"}), &notif),
+            "bootstrap"
+        );
+        let err = build(
+            serde_json::json!({"sec": "userpin", "pin": "secret-pin"}),
+            notif,
+        )
+        .unwrap_err();
+        assert!(!format!("{err:?}").contains("secret-pin"));
+
+        // +xml is compiled once, here, and the MAC covers those WBXML octets.
+        let p = build(
+            serde_json::json!({"sec": "usernetwpin", "imsi": "310260801674539", "pin": "1234"}),
+            xml,
+        )
+        .unwrap();
+        assert_eq!(p.content_type, ContentType::DmWbxml);
+        assert_eq!(p.body[0], 0x03, "WBXML 1.3");
+        let sig = p.bootstrap.clone().unwrap();
+        let km = bootstrap::KeyMaterial {
+            imsi: Some("310260801674539".into()),
+            user_pin: Some("1234".into()),
+        };
+        assert!(bootstrap::verify(sig.sec, &km, &p.body, &sig.mac).unwrap());
+        let shown = format!("{p:?}");
+        assert!(
+            !shown.contains("310260801674539") && !shown.contains(&sig.mac),
+            "{shown}"
+        );
     }
 }

@@ -5,60 +5,12 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use tokio::{sync::oneshot, time::timeout};
 
-use super::plan::{EncodeError, Plan, plan};
-use super::{
-    AmbiguousPolicy, PortAddressing, SegResult, SmscConfig, ValidityMode, WapBinding, session,
-};
+use super::plan::{EncodeError, Plan, plan, submit_sm, validity};
+use super::{AmbiguousPolicy, SegResult, SmscConfig, WapBinding, session};
 use crate::binding::{Delivery, NextHopRef, Outcome};
-use crate::codec::{
-    smpp::{self, tag},
-    sms,
-};
+use crate::codec::{smpp, sms};
 
 impl WapBinding {
-    fn submit_sm(
-        &self,
-        s: &SmscConfig,
-        dest: &str,
-        seg: &sms::Segment,
-        reference: u16,
-        validity: String,
-    ) -> smpp::Sm {
-        let tlv = s.port_addressing == PortAddressing::Tlv;
-        let mut sm = smpp::Sm {
-            service_type: s.service_type.clone(),
-            source_ton: s.source_ton,
-            source_npi: s.source_npi,
-            source_addr: s.source_addr.clone(),
-            dest_ton: s.dest_ton,
-            dest_npi: s.dest_npi,
-            dest_addr: dest.to_owned(),
-            // UDHI (SMPP 3.4 §5.2.12) unless the SMSC builds the UDH from TLVs.
-            esm_class: (s.messaging_mode & 0x03) | if tlv { 0 } else { smpp::ESM_UDHI },
-            validity_period: validity,
-            registered_delivery: s.registered_delivery,
-            data_coding: s.data_coding,
-            short_message: if tlv {
-                seg.payload.clone()
-            } else {
-                seg.user_data()
-            },
-            ..Default::default()
-        };
-        if tlv {
-            sm.tlvs.push(smpp::tlv_u16(tag::SOURCE_PORT, sms::PORT_WSP));
-            sm.tlvs
-                .push(smpp::tlv_u16(tag::DESTINATION_PORT, sms::PORT_WAP_PUSH));
-            if seg.total > 1 {
-                sm.tlvs.push(smpp::tlv_u16(tag::SAR_MSG_REF_NUM, reference));
-                sm.tlvs
-                    .push(smpp::tlv_u8(tag::SAR_TOTAL_SEGMENTS, seg.total));
-                sm.tlvs.push(smpp::tlv_u8(tag::SAR_SEGMENT_SEQNUM, seg.seq));
-            }
-        }
-        sm
-    }
-
     async fn deliver_sms(
         &self,
         d: &Delivery,
@@ -88,18 +40,14 @@ impl WapBinding {
                 reason: "push expired before submission".into(),
             };
         }
-        let validity = match s.validity {
-            ValidityMode::Relative => smpp::relative_validity(remaining as u64),
-            ValidityMode::Absolute => smpp::absolute_validity(d.expires_at.unix_timestamp()),
-            ValidityMode::None => String::new(),
-        };
+        let validity = validity(s, remaining as u64, d.expires_at.unix_timestamp());
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.cfg.deliver_timeout_ms);
         let mut waits = Vec::with_capacity(p.len());
         for seg in p {
             let (tx, rx) = oneshot::channel();
             let req = session::SubmitReq {
-                sm: self.submit_sm(s, dest, seg, reference, validity.clone()),
+                sm: submit_sm(s, dest, seg, reference, validity.clone()),
                 reply: tx,
             };
             match tokio::time::timeout_at(deadline, h.tx.send(req)).await {
@@ -202,7 +150,15 @@ impl WapBinding {
 
     pub(super) async fn deliver_one(&self, d: Delivery) -> Outcome {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let p = match plan(&self.cfg, &d.target, d.content_type, &d.body, n as u8, n) {
+        let p = match plan(
+            &self.cfg,
+            &d.target,
+            d.content_type,
+            &d.body,
+            d.bootstrap.as_ref(),
+            n as u8,
+            n,
+        ) {
             Ok(p) => p,
             Err(e) => return encode_outcome(e),
         };

@@ -18,7 +18,10 @@ pub mod plan;
 pub mod session;
 
 pub use config::{AmbiguousPolicy, AppIdForm, WapConfig};
-pub use plan::{EncodeError, Plan, compile_xml, encode_units, plan, route, wsp_pdu};
+pub use plan::{
+    EncodeError, Plan, compile_xml, encode_units, plan, preview_ids, route, submit_sm, validity,
+    wsp_pdu,
+};
 pub use session::{PortAddressing, SegResult, SmscConfig, ValidityMode};
 
 use std::{
@@ -32,7 +35,7 @@ use tokio::net::UdpSocket;
 
 use super::{
     Binding, BindingContext, BindingKind, CannotCarry, ContentType, Delivery, DeviceBinding,
-    NotReady, Outcome, Preview, WapBearer,
+    NotReady, Outcome, Preview, Signature, WapBearer,
 };
 
 /// The binding.
@@ -54,7 +57,21 @@ impl Binding for WapBinding {
         content_type: ContentType,
         body: &[u8],
     ) -> Result<Preview, CannotCarry> {
-        let units = encode_units(&self.cfg, target, content_type, body)?;
+        self.preview_bootstrap(target, content_type, body, None)
+    }
+
+    fn carries_bootstrap(&self) -> bool {
+        true
+    }
+
+    fn preview_bootstrap(
+        &self,
+        target: &DeviceBinding,
+        content_type: ContentType,
+        body: &[u8],
+        bootstrap: Option<&Signature>,
+    ) -> Result<Preview, CannotCarry> {
+        let units = encode_units(&self.cfg, target, content_type, body, bootstrap)?;
         let summary = match target {
             DeviceBinding::Wap {
                 bearer: WapBearer::Udp,
@@ -65,6 +82,11 @@ impl Binding for WapBinding {
                 units.len(),
                 if units.len() == 1 { "" } else { "s" }
             ),
+        };
+        let summary = match bootstrap {
+            // SEC names the method; the MAC is on the wire (units_hex) and nowhere else.
+            Some(b) => format!("{summary}; bootstrap SEC={} with MAC", b.sec.name()),
+            None => summary,
         };
         Ok(Preview {
             summary,

@@ -4,11 +4,13 @@
 
 use std::net::SocketAddr;
 
-use super::{AppIdForm, PortAddressing, WapConfig};
+use super::{AppIdForm, PortAddressing, SmscConfig, ValidityMode, WapConfig};
 use crate::binding::{BindingKind, CannotCarry, ContentType, DeviceBinding, WapBearer};
 use crate::codec::{
+    bootstrap::Signature,
+    smpp::{self, tag},
     sms,
-    wsp::{self, AppId, ContentTypeValue, Header, PushPdu},
+    wsp::{self, AppId, ContentTypeValue, Header, Param, ParamName, ParamValue, PushPdu},
 };
 
 /// Why a payload cannot be encoded for a target (pure; no I/O).
@@ -33,6 +35,10 @@ pub enum EncodeError {
     Wsp(#[from] wsp::WspError),
     #[error("invalid [bindings.wap] setting: {0}")]
     Config(String),
+    /// A bootstrap's MAC covers the WBXML exactly as sent, so the body must already be WBXML
+    /// (the API compiles `+xml` at submit).
+    #[error("a bootstrap push must be application/vnd.syncml.dm+wbxml (got {0})")]
+    BootstrapNotWbxml(&'static str),
 }
 
 impl EncodeError {
@@ -40,7 +46,9 @@ impl EncodeError {
     pub(super) fn unsupported(&self) -> bool {
         matches!(
             self,
-            Self::SecureRefused | Self::Segments(sms::SmsError::TooManySegments { .. })
+            Self::SecureRefused
+                | Self::BootstrapNotWbxml(_)
+                | Self::Segments(sms::SmsError::TooManySegments { .. })
         )
     }
 }
@@ -99,13 +107,20 @@ impl Plan {
     }
 }
 
-/// The WSP Push PDU for a payload (content type and headers per config).
+/// The WSP Push PDU for a payload (content type and headers per config). A DM bootstrap adds
+/// the `SEC` and `MAC` Content-Type parameters (protocol-facts §A.8: tokens 0x11/0x12, WSP
+/// encoding 1.4; SEC a short-integer, MAC a text-string of 40 hex digits), which turns the
+/// content type into Content-general-form: `Value-length C2 91 <sec> 92 <MAC> 00`.
 pub fn wsp_pdu(
     cfg: &WapConfig,
     content_type: ContentType,
     body: &[u8],
+    bootstrap: Option<&Signature>,
     tid: u8,
 ) -> Result<Vec<u8>, EncodeError> {
+    if bootstrap.is_some() && content_type != ContentType::DmWbxml {
+        return Err(EncodeError::BootstrapNotWbxml(content_type.as_str()));
+    }
     let (code, body) = match content_type {
         ContentType::Notification => (wsp::content_code::NOTIFICATION, body.to_vec()),
         ContentType::DmWbxml => (wsp::content_code::DM_WBXML, body.to_vec()),
@@ -120,7 +135,20 @@ pub fn wsp_pdu(
         AppIdForm::Code => AppId::Code(wsp::APP_ID_SYNCML_DM),
         AppIdForm::Text => AppId::Uri(wsp::APP_ID_SYNCML_DM_TEXT.into()),
     };
-    let mut pdu = PushPdu::new(tid, ContentTypeValue::well_known(code), app, body);
+    let mut ct = ContentTypeValue::well_known(code);
+    if let Some(sig) = bootstrap {
+        ct.params = vec![
+            Param {
+                name: ParamName::WellKnown(wsp::param::SEC),
+                value: ParamValue::Integer(u32::from(sig.sec.code())),
+            },
+            Param {
+                name: ParamName::WellKnown(wsp::param::MAC),
+                value: ParamValue::Text(sig.mac.clone()),
+            },
+        ];
+    }
+    let mut pdu = PushPdu::new(tid, ct, app, body);
     if cfg.content_length_header {
         let n = u32::try_from(pdu.body.len()).map_err(|_| EncodeError::Config("body".into()))?;
         pdu.headers.push(Header::ContentLength(n));
@@ -139,6 +167,58 @@ pub fn wsp_pdu(
         pdu.headers.push(Header::PushFlag(f));
     }
     Ok(pdu.encode()?)
+}
+
+/// The `submit_sm` for one segment on SMSC `s` (pure: shared by delivery and `dmpushd encode`).
+pub fn submit_sm(
+    s: &SmscConfig,
+    dest: &str,
+    seg: &sms::Segment,
+    reference: u16,
+    validity: String,
+) -> smpp::Sm {
+    let tlv = s.port_addressing == PortAddressing::Tlv;
+    let mut sm = smpp::Sm {
+        service_type: s.service_type.clone(),
+        source_ton: s.source_ton,
+        source_npi: s.source_npi,
+        source_addr: s.source_addr.clone(),
+        dest_ton: s.dest_ton,
+        dest_npi: s.dest_npi,
+        dest_addr: dest.to_owned(),
+        // UDHI (SMPP 3.4 §5.2.12) unless the SMSC builds the UDH from TLVs.
+        esm_class: (s.messaging_mode & 0x03) | if tlv { 0 } else { smpp::ESM_UDHI },
+        validity_period: validity,
+        registered_delivery: s.registered_delivery,
+        data_coding: s.data_coding,
+        short_message: if tlv {
+            seg.payload.clone()
+        } else {
+            seg.user_data()
+        },
+        ..Default::default()
+    };
+    if tlv {
+        sm.tlvs.push(smpp::tlv_u16(tag::SOURCE_PORT, sms::PORT_WSP));
+        sm.tlvs
+            .push(smpp::tlv_u16(tag::DESTINATION_PORT, sms::PORT_WAP_PUSH));
+        if seg.total > 1 {
+            sm.tlvs.push(smpp::tlv_u16(tag::SAR_MSG_REF_NUM, reference));
+            sm.tlvs
+                .push(smpp::tlv_u8(tag::SAR_TOTAL_SEGMENTS, seg.total));
+            sm.tlvs.push(smpp::tlv_u8(tag::SAR_SEGMENT_SEQNUM, seg.seq));
+        }
+    }
+    sm
+}
+
+/// The SMPP validity_period for an SMSC's [`ValidityMode`] (SMPP 3.4 §7.1.1).
+pub fn validity(s: &SmscConfig, remaining_secs: u64, expires_at_unix: i64) -> String {
+    match s.validity {
+        ValidityMode::Relative => smpp::relative_validity(remaining_secs),
+        ValidityMode::Absolute => smpp::absolute_validity(expires_at_unix),
+        ValidityMode::None => String::new(),
+    }
 }
 
 /// SMSCs that route `digits`, best (longest prefix) first; default routes (no prefixes) last.
@@ -180,6 +260,7 @@ pub fn plan(
     target: &DeviceBinding,
     content_type: ContentType,
     body: &[u8],
+    bootstrap: Option<&Signature>,
     tid: u8,
     reference: u16,
 ) -> Result<Plan, EncodeError> {
@@ -195,7 +276,7 @@ pub fn plan(
     if *secure {
         return Err(EncodeError::SecureRefused);
     }
-    let datagram = wsp_pdu(cfg, content_type, body, tid)?;
+    let datagram = wsp_pdu(cfg, content_type, body, bootstrap, tid)?;
     match bearer {
         WapBearer::Udp => {
             let addr = address
@@ -240,13 +321,21 @@ pub fn encode_units(
     target: &DeviceBinding,
     content_type: ContentType,
     body: &[u8],
+    bootstrap: Option<&Signature>,
 ) -> Result<Vec<Vec<u8>>, EncodeError> {
+    let (tid, reference) = preview_ids(body);
+    let p = plan(cfg, target, content_type, body, bootstrap, tid, reference)?;
+    Ok(p.units(cfg))
+}
+
+/// The TID and concatenation reference a preview (or `dmpushd encode`) uses: derived from the
+/// body so the answer is deterministic; real deliveries use a counter.
+pub fn preview_ids(body: &[u8]) -> (u8, u16) {
     // FNV-1a: a stable, cheap spread of the body into the reference space.
     let h = body.iter().fold(0x811c_9dc5u32, |h, b| {
         (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
     });
-    let p = plan(cfg, target, content_type, body, h as u8, (h >> 8) as u16)?;
-    Ok(p.units(cfg))
+    (h as u8, (h >> 8) as u16)
 }
 
 #[cfg(test)]
@@ -303,6 +392,7 @@ mod tests {
             &sms_target("+4930123456"),
             ContentType::Notification,
             &body,
+            None,
         )
         .unwrap();
         assert_eq!(u.len(), 1);
@@ -318,6 +408,7 @@ mod tests {
             &sms_target("+491701234567"),
             ContentType::DmWbxml,
             &[1; 300],
+            None,
         )
         .unwrap();
         assert_eq!(u.len(), 3);
@@ -333,6 +424,7 @@ mod tests {
             &sms_target("+4930123456"),
             ContentType::DmWbxml,
             &[0; 600],
+            None,
         )
         .unwrap_err();
         assert!(e.to_string().contains("needs 5 SMS segments"), "{e}");
@@ -343,7 +435,7 @@ mod tests {
             address: None,
             secure: true,
         };
-        let e = encode_units(&c, &secure, ContentType::Notification, &[0; 10]).unwrap_err();
+        let e = encode_units(&c, &secure, ContentType::Notification, &[0; 10], None).unwrap_err();
         assert_eq!(e, EncodeError::SecureRefused);
         assert!(e.to_string().contains("WTLS"));
     }
@@ -360,7 +452,7 @@ mod tests {
             address: Some("127.0.0.1".parse().unwrap()),
             secure: false,
         };
-        let p = plan(&c, &t, ContentType::DmXml, b"<SyncML/>", 5, 5).unwrap();
+        let p = plan(&c, &t, ContentType::DmXml, b"<SyncML/>", None, 5, 5).unwrap();
         let Plan::Udp { addr, datagram } = p else {
             panic!("udp plan expected")
         };
@@ -374,5 +466,25 @@ mod tests {
         assert!(pdu.headers.contains(&Header::EncodingVersion(1, 3)));
         assert!(pdu.headers.contains(&Header::ContentLength(9)));
         assert_eq!(pdu.body, b"<SyncML/>");
+    }
+
+    #[test]
+    fn bootstrap_adds_sec_and_mac_in_content_general_form() {
+        use crate::codec::bootstrap::{Sec, Signature};
+        let sig = Signature {
+            sec: Sec::UserPin,
+            mac: "0123456789ABCDEF0123456789ABCDEF01234567".into(),
+        };
+        let body = [0x03, 0x01, 0x6A, 0x00];
+        let pdu = wsp_pdu(&cfg(), ContentType::DmWbxml, &body, Some(&sig), 9).unwrap();
+        // TID, Push, HeadersLen; then Value-length 45 (> 30, so 0x1F + uintvar), media 0xC2,
+        // SEC (0x91) = short-integer 1 (0x81), MAC (0x92) = text-string; then AF 87 and the body.
+        let mut want = vec![0x09, 0x06, 2 + 45 + 2, 0x1F, 45, 0xC2, 0x91, 0x81, 0x92];
+        want.extend_from_slice(sig.mac.as_bytes());
+        want.extend_from_slice(&[0x00, 0xAF, 0x87]);
+        want.extend_from_slice(&body);
+        assert_eq!(hex::encode(&pdu), hex::encode(&want));
+        let e = wsp_pdu(&cfg(), ContentType::DmXml, b"<SyncML/>", Some(&sig), 9).unwrap_err();
+        assert!(e.unsupported(), "{e}");
     }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 use sqlx::{PgPool, Row};
 
 use super::u32_of;
-use crate::store::{Claimed, StoreError, from_json, parse_binding, parse_content_type};
+use crate::store::{
+    Claimed, StoreError, from_json, parse_binding, parse_bootstrap, parse_content_type,
+};
 
 pub(super) async fn claim(
     pool: &PgPool,
@@ -58,7 +60,7 @@ pub(super) async fn claim(
                  FROM c WHERE p.id = c.id \
                  RETURNING p.id, p.tenant, p.device_id, p.bindings, p.binding_choice, \
                      p.binding_index, p.content_type, p.body, p.attempts, p.max_attempts, \
-                     p.created_at, p.expires_at, p.callback_url, p.priority, \
+                     p.created_at, p.expires_at, p.callback_url, p.bootstrap, p.priority, \
                      p.next_attempt_at, c.taken, \
                      CASE WHEN c.taken THEN coalesce(c.was, 'an unknown owner') END AS was), \
              e AS ( \
@@ -98,6 +100,7 @@ pub(super) async fn claim(
                 created_at_ms: r.try_get("created_at")?,
                 expires_at_ms: r.try_get("expires_at")?,
                 callback_url: r.try_get("callback_url")?,
+                bootstrap: parse_bootstrap(r.try_get("bootstrap")?)?,
                 taken_over_from: r.try_get("was")?,
             },
         ));

@@ -14,7 +14,7 @@ use tokio::sync::{Mutex, Notify, mpsc};
 use super::{COALESCE_YIELDS, Events, Job, WAKEUP_CHANNEL, Waiter, i32_of};
 use crate::domain::BindingKind;
 use crate::store::{
-    Enqueued, NewPush, PushState, StoreError, parse_state,
+    Enqueued, NewPush, PushState, Signature, StoreError, parse_state,
     rules::{self, CollapseScope, FirstByKey, is_same_request},
     to_json,
 };
@@ -141,6 +141,7 @@ pub(super) async fn enqueue_batch(
         Vec::<Option<&str>>::new(),
         Vec::<Option<&str>>::new(),
         Vec::<Option<&str>>::new(),
+        Vec::<Option<String>>::new(),
     );
     for &i in &insert {
         let p = &pushes[i];
@@ -160,21 +161,22 @@ pub(super) async fn enqueue_batch(
         cols.13.push(p.request_hash.as_deref());
         cols.14.push(p.collapse_key.as_deref());
         cols.15.push(p.callback_url.as_deref());
+        cols.16.push(p.bootstrap.as_ref().map(Signature::to_stored));
     }
     let inserted: HashSet<String> = sqlx::query_scalar::<_, String>(
         "INSERT INTO pushes (id, tenant, device_id, bindings, binding_choice, binding_index, \
              content_type, body, priority, state, attempts, max_attempts, created_at, updated_at, \
              not_before, expires_at, next_attempt_at, idempotency_key, request_hash, collapse_key, \
-             callback_url) \
+             callback_url, bootstrap) \
          SELECT id, tenant, device_id, bindings, binding_choice, 0, content_type, body, priority, \
              'queued', 0, max_attempts, created_at, created_at, not_before, expires_at, not_before, \
-             idempotency_key, request_hash, collapse_key, callback_url \
+             idempotency_key, request_hash, collapse_key, callback_url, bootstrap \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
              $7::bytea[], $8::int2[], $9::int4[], $10::int8[], $11::int8[], $12::int8[], \
-             $13::text[], $14::text[], $15::text[], $16::text[]) \
+             $13::text[], $14::text[], $15::text[], $16::text[], $17::text[]) \
            AS t(id, tenant, device_id, bindings, binding_choice, content_type, body, priority, \
              max_attempts, created_at, not_before, expires_at, idempotency_key, request_hash, \
-             collapse_key, callback_url) \
+             collapse_key, callback_url, bootstrap) \
          ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
          RETURNING id",
     )
@@ -194,6 +196,7 @@ pub(super) async fn enqueue_batch(
     .bind(cols.13)
     .bind(cols.14)
     .bind(cols.15)
+    .bind(cols.16)
     .fetch_all(&mut *tx)
     .await?
     .into_iter()

@@ -109,6 +109,7 @@ pub fn delivery(target: DeviceBinding, content_type: ContentType, body: &[u8]) -
         target,
         content_type,
         body: Bytes::copy_from_slice(body),
+        bootstrap: None,
         attempt: 1,
         expires_at: now + time::Duration::hours(1),
         now,

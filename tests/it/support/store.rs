@@ -198,6 +198,7 @@ pub fn push(tenant: &str) -> NewPush {
         request_hash: None,
         collapse_key: None,
         callback_url: None,
+        bootstrap: None,
     }
 }
 
