@@ -14,6 +14,9 @@
 
 mod support;
 
+// Readiness and the admin API (issue 13).
+mod admin;
+
 // The REST API end to end, one module per binding behind it.
 mod api_http;
 mod api_sip;
