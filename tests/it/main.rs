@@ -14,8 +14,9 @@
 
 mod support;
 
-// Readiness and the admin API (issue 13).
+// Readiness and the admin API, and deploy/ against a real Prometheus (issue 13).
 mod admin;
+mod deploy;
 
 // The REST API end to end, one module per binding behind it.
 mod api_http;

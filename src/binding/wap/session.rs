@@ -271,6 +271,16 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> SmscHandle {
     let cfg = Arc::new(cfg);
+    // Every series of this account exists from the start (at 0): dashboards and alerts (an
+    // unbound SMSC, throttling) see it before its first event.
+    let n = cfg.name.as_str();
+    metrics.bound.with_label_values(&[n]).set(0);
+    metrics.in_flight.with_label_values(&[n]).set(0);
+    metrics.throttled.with_label_values(&[n]);
+    metrics.ambiguous.with_label_values(&[n]);
+    for event in ["up", "down"] {
+        metrics.binds.with_label_values(&[n, event]);
+    }
     // Requests wait here while the window is full; bounded so memory is too.
     let (tx, rx) = mpsc::channel(cfg.window.max(1) * 4);
     let bound = Arc::new(AtomicBool::new(false));
