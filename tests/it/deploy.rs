@@ -57,7 +57,14 @@ async fn prometheus_scraping_a_gateway_finds_every_metric_the_dashboard_and_aler
     let dir = tempfile::tempdir().unwrap();
     let sim = Sim::start(
         dir.path(),
-        &["--system-id", "gw", "--password", "pw", "--dlr-delay-ms", "20"],
+        &[
+            "--system-id",
+            "gw",
+            "--password",
+            "pw",
+            "--dlr-delay-ms",
+            "20",
+        ],
     );
     let mut s = settings(dir.path());
     s.bindings.wap = config::Config::builder()
@@ -108,7 +115,10 @@ async fn prometheus_scraping_a_gateway_finds_every_metric_the_dashboard_and_aler
     let _prom = Prometheus(
         Command::new(prom)
             .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -123,7 +133,9 @@ async fn prometheus_scraping_a_gateway_finds_every_metric_the_dashboard_and_aler
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let names: BTreeSet<String> = match http
-            .get(format!("http://127.0.0.1:{port}/api/v1/label/__name__/values"))
+            .get(format!(
+                "http://127.0.0.1:{port}/api/v1/label/__name__/values"
+            ))
             .send()
             .await
         {
