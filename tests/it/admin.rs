@@ -137,14 +137,18 @@ async fn suspended_smsc_holds_pushes_without_failing_them_and_resume_delivers() 
         .await;
     // Three suspended waits (more than max_attempts) and still waiting.
     wait_for(&gw, &id, "push never waited three times", 20, |p| {
-        suspended_waits(p) >= 3
+        suspended_waits(p) >= 3 && p["state"] == "retry_wait"
     })
     .await;
+    // Waiting, and none of the waits counted as an attempt.
     let p = gw.get_push(TOKEN_A, &id).await;
     assert!(
-        ["queued", "retry_wait", "sending"].contains(&p["state"].as_str().unwrap()),
+        ["retry_wait", "sending"].contains(&p["state"].as_str().unwrap()),
         "{p}"
     );
+    if p["state"] == "retry_wait" {
+        assert_eq!(p["attempts"], 0, "{p}");
+    }
     assert!(
         sim.events_of("submit_sm").is_empty(),
         "nothing may reach a suspended SMSC"
@@ -306,4 +310,37 @@ async fn readiness_needs_current_migrations() {
     opts.auto_migrate = true;
     let store = dmpushd::store::open(&opts).await.unwrap();
     assert!(store.migrations_current().await.unwrap());
+}
+
+#[tokio::test]
+async fn postgres_status_lists_replicas_and_readiness_needs_migrations() {
+    let Some(db) = crate::support::store::PgDb::create().await else {
+        return;
+    };
+    // An empty database: not migrated, so not current (and no error).
+    let mut opts = db.options();
+    opts.auto_migrate = false;
+    {
+        let store = dmpushd::store::open(&opts).await.unwrap();
+        assert!(!store.migrations_current().await.unwrap());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = with_admin(settings(dir.path()));
+    s.store.url = db.url.clone();
+    s.queue.replica_id = Some("replica-one".into());
+    let gw = Gateway::start_with(s, Some(dir)).await;
+    let (st, ready) = gw.call("GET", "/readyz", None, None).await;
+    assert_eq!(st, 200, "{ready}");
+    assert_eq!(ready["migrations"], "current", "{ready}");
+    let (st, status) = gw.call("GET", "/v1/admin/status", Some(ADMIN), None).await;
+    assert_eq!(st, 200, "{status}");
+    assert_eq!(status["replica"], "replica-one", "{status}");
+    let ids: Vec<&str> = status["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["replica-one"], "{status}");
+    gw.stop().await;
 }
