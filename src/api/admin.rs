@@ -33,6 +33,14 @@ pub async fn auth(State(st): State<ApiState>, mut req: Request, next: Next) -> R
     }
 }
 
+#[utoipa::path(get, path = "/v1/admin/status",
+    description = "Admin tokens only ([[admins]]); any other caller gets 404. Replicas, queue depth \
+                   by state, per binding its health and outcome counts (this replica, since start), \
+                   per SMSC: bound, suspended, binds, window and window in use, throughput limit, \
+                   throttled, last error.",
+    responses((status = 200, body = Object), (status = 404, body = Problem),
+              (status = 503, body = Problem)),
+    security(("bearer" = [])))]
 /// Replicas, queue depth by state, per binding its health and outcome counts (since this
 /// replica started), per SMSC its session state. What `/readyz` reports, in full.
 pub async fn status(State(st): State<ApiState>) -> Result<Json<Value>, Problem> {
@@ -87,6 +95,11 @@ pub async fn status(State(st): State<ApiState>) -> Result<Json<Value>, Problem> 
     })))
 }
 
+#[utoipa::path(post, path = "/v1/admin/smscs/{name}/suspend", params(("name" = String, Path)),
+    description = "Admin tokens only. No new submit_sm goes to this SMSC on this replica; its \
+                   pushes fall back under auto or wait uncounted (never fail). Per replica.",
+    responses((status = 200, body = Object), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
 pub async fn suspend(
     st: State<ApiState>,
     admin: Extension<Admin>,
@@ -95,6 +108,10 @@ pub async fn suspend(
     set(st, admin, name, true).await
 }
 
+#[utoipa::path(post, path = "/v1/admin/smscs/{name}/resume", params(("name" = String, Path)),
+    description = "Admin tokens only. Ends a suspension on this replica.",
+    responses((status = 200, body = Object), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
 pub async fn resume(
     st: State<ApiState>,
     admin: Extension<Admin>,

@@ -275,6 +275,17 @@ async fn admin_routes_are_404_to_tenants_and_admins_see_no_pushes() {
         status["bindings"]["wap"]["outcomes"].is_object(),
         "{status}"
     );
+    let (_, doc) = gw.call("GET", "/openapi.json", None, None).await;
+    for path in [
+        "/v1/admin/status",
+        "/v1/admin/smscs/{name}/suspend",
+        "/v1/admin/smscs/{name}/resume",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} not in /openapi.json"
+        );
+    }
     gw.stop().await;
 }
 
