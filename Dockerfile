@@ -15,7 +15,8 @@ RUN apt-get update \
  && useradd --system --uid 10001 --home-dir /var/lib/dmpushd --create-home dmpushd
 COPY --from=build /src/target/release/dmpushd /usr/local/bin/dmpushd
 COPY config/dmpushd.toml /etc/dmpushd/dmpushd.toml
-USER dmpushd
+# Numeric, so Kubernetes runAsNonRoot can verify it without resolving names.
+USER 10001:10001
 WORKDIR /var/lib/dmpushd
 ENV DMPUSHD_CONFIG=/etc/dmpushd/dmpushd.toml \
     DMPUSHD__SERVER__LISTEN=0.0.0.0:8080 \

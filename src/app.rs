@@ -106,6 +106,8 @@ impl App {
             },
             depth_refreshed: Arc::default(),
             webhooks: targets,
+            admins: Arc::new(admins(&settings)),
+            replica_id: owner.as_str().into(),
         };
         let router = api::router(state);
         let listener = TcpListener::bind(settings.server.listen).await?;
@@ -180,6 +182,17 @@ fn tenants(settings: &Settings) -> Tenants {
             message = "DEVELOPMENT ONLY: no [[tenants]] configured; created tenant \"dev\". Configure tenants with token_sha256 for production.",
             dev_token = %token,
         );
+    }
+    t
+}
+
+/// `[[admins]]` tokens (never a development default: no admins, no admin API).
+fn admins(settings: &Settings) -> Tenants {
+    let mut t = Tenants::new();
+    for a in &settings.admins {
+        for h in a.hashes() {
+            t.add_hash(&h, &a.name);
+        }
     }
     t
 }

@@ -124,6 +124,23 @@ impl Metrics {
         for s in crate::store::PushState::ALL {
             queue_depth.with_label_values(&[s.as_str()]).set(0);
         }
+        // Exported at 0 from the start, so that alerts and dashboards see a series (a rate over
+        // a series that appears with its first error misses that error).
+        for op in [
+            "claim",
+            "complete",
+            "expire",
+            "heartbeat",
+            "orphan_receipts",
+            "purge",
+            "queue_depth",
+            "receipt",
+            "renew",
+            "sweep",
+            "unconfirm",
+        ] {
+            store_errors.with_label_values(&[op]);
+        }
         Ok(Self {
             registry,
             pushes_accepted,

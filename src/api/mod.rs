@@ -17,6 +17,7 @@ use axum::{
 
 use crate::{binding::Bindings, metrics::Metrics, store::Store};
 
+pub mod admin;
 pub mod devices;
 pub mod openapi;
 pub mod problem;
@@ -76,6 +77,10 @@ pub struct ApiState {
     pub depth_refreshed: Arc<std::sync::Mutex<Option<Instant>>>,
     /// Tenants' webhook targets and the target policy (submit-time resolution, issue 11).
     pub webhooks: Arc<crate::webhook::Targets>,
+    /// `[[admins]]` tokens → admin names (same SHA-256 form as tenants; disjoint from them).
+    pub admins: Arc<Tenants>,
+    /// This replica's lease-owner id (admin status).
+    pub replica_id: Arc<str>,
 }
 
 /// The authenticated tenant of a request.
@@ -96,12 +101,18 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/pushes/{id}", get(pushes::get).delete(pushes::cancel))
         .route("/v1/pushes/{id}/webhooks/retry", post(webhooks::retry))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    let admin = Router::new()
+        .route("/v1/admin/status", get(admin::status))
+        .route("/v1/admin/smscs/{name}/suspend", post(admin::suspend))
+        .route("/v1/admin/smscs/{name}/resume", post(admin::resume))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin::auth));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::serve))
         .merge(v1)
+        .merge(admin)
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(
             state.limits.body_limit_bytes,
@@ -113,17 +124,20 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn auth(State(st): State<ApiState>, mut req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
+/// The bearer token of a request, if any.
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim);
-    match token.and_then(|t| st.tenants.lookup(t)) {
+        .map(str::trim)
+}
+
+async fn auth(State(st): State<ApiState>, mut req: Request, next: Next) -> Response {
+    match bearer(&req).and_then(|t| st.tenants.lookup(t)) {
         Some(tenant) => {
             req.extensions_mut().insert(Tenant(tenant.to_owned()));
             next.run(req).await
@@ -169,30 +183,36 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Ready = this replica can accept pushes: the store answers and its migrations are current
+/// (DESIGN §10.4). Bearer health (e.g. no SMSC bound) is reported per binding but never makes
+/// the replica unready: an SMSC outage must not take the REST API out of the load balancer, and
+/// pushes accepted meanwhile wait in the queue.
 async fn readyz(State(st): State<ApiState>) -> Response {
     if let Err(e) = st.store.ping().await {
         return Problem::unavailable(format!("store unreachable: {e}")).into_response();
     }
+    match st.store.migrations_current().await {
+        Ok(true) => {}
+        Ok(false) => {
+            return Problem::unavailable(
+                "store migrations are not current: run `dmpushd migrate` (or store.auto_migrate)",
+            )
+            .into_response();
+        }
+        Err(e) => {
+            return Problem::unavailable(format!("store migrations unknown: {e}")).into_response();
+        }
+    }
     let mut bindings = serde_json::Map::new();
-    let mut ready = true;
     for b in st.bindings.iter() {
         let v = match b.ready() {
-            Ok(()) => serde_json::Value::String("ok".into()),
-            Err(e) => {
-                ready = false;
-                serde_json::Value::String(e.to_string())
-            }
+            Ok(()) => "ok".to_owned(),
+            Err(e) => e.to_string(),
         };
-        bindings.insert(b.kind().as_str().to_owned(), v);
+        bindings.insert(b.kind().as_str().to_owned(), serde_json::Value::String(v));
     }
-    let body = serde_json::json!({"store": "ok", "bindings": bindings});
-    if ready {
-        (StatusCode::OK, axum::Json(body)).into_response()
-    } else {
-        let mut p = Problem::unavailable(format!("a binding is not ready: {body}"));
-        p.field = None;
-        p.into_response()
-    }
+    let body = serde_json::json!({"store": "ok", "migrations": "current", "bindings": bindings});
+    (StatusCode::OK, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(st): State<ApiState>) -> Response {

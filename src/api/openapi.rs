@@ -6,7 +6,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{devices, problem::Problem, pushes, webhooks};
+use super::{admin, devices, problem::Problem, pushes, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,6 +15,7 @@ use super::{devices, problem::Problem, pushes, webhooks};
         devices::put, devices::get, devices::delete, devices::list,
         pushes::create, pushes::batch, pushes::raw_push, pushes::preview, pushes::get, pushes::list,
         pushes::cancel, webhooks::retry,
+        admin::status, admin::suspend, admin::resume,
     ),
     components(schemas(
         Problem, devices::DeviceBody, devices::DeviceView, devices::DeviceList,

@@ -71,6 +71,13 @@ pub enum Outcome {
     /// This binding cannot carry this payload to this target (e.g. too many SMS segments); the
     /// queue falls back to the next binding under `auto`, otherwise fails the push.
     Unsupported { reason: String },
+    /// Nothing was attempted because an operator suspended every route this push could take
+    /// (`POST /v1/admin/smscs/{name}/suspend`, DESIGN §10.4). The attempt is not counted: the
+    /// push waits `retry_after` (or falls back under `auto`) and never fails because of it.
+    Deferred {
+        reason: String,
+        retry_after: Duration,
+    },
 }
 
 impl Outcome {
@@ -81,6 +88,7 @@ impl Outcome {
             Self::Transient { .. } => "transient",
             Self::Permanent { .. } => "permanent",
             Self::Unsupported { .. } => "unsupported",
+            Self::Deferred { .. } => "deferred",
         }
     }
 }
@@ -195,9 +203,22 @@ pub trait Binding: Send + Sync + 'static {
     /// One attempt. Must not panic on anything a peer sends; must return within a bounded time.
     fn deliver(&self, delivery: Delivery) -> futures_util::future::BoxFuture<'_, Outcome>;
 
-    /// Readiness contribution (e.g. at least one SMSC bound). Default: ready.
+    /// Bearer health (e.g. at least one SMSC bound), reported by `/readyz` per binding but not
+    /// fatal to readiness (DESIGN §10.4). Default: ready.
     fn ready(&self) -> Result<(), NotReady> {
         Ok(())
+    }
+
+    /// Operational state for `GET /v1/admin/status` (per SMSC: bound, window in use, …).
+    /// Never contains secrets. Default: nothing beyond the outcome counts the API adds.
+    fn status(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Suspends or resumes the transport account `name` (an SMSC). `None` when this binding has
+    /// no account of that name.
+    fn set_suspended(&self, _name: &str, _suspended: bool) -> Option<()> {
+        None
     }
 }
 

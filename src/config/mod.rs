@@ -21,6 +21,8 @@ pub struct Settings {
     pub store: StoreOptions,
     pub queue: QueueConfig,
     pub tenants: Vec<TenantConfig>,
+    /// Administrators of `/v1/admin/…` (DESIGN §10.4).
+    pub admins: Vec<AdminConfig>,
     pub bindings: BindingsConfig,
     pub webhooks: WebhooksConfig,
     pub log: LogConfig,
@@ -127,6 +129,43 @@ impl std::fmt::Debug for TenantConfig {
                 &self.webhook_url.as_deref().map(crate::webhook::redact_url),
             )
             .finish_non_exhaustive()
+    }
+}
+
+/// An administrator: a bearer token (SHA-256, or in clear for development) and a name, for
+/// `/v1/admin/…` only (an admin token sees no tenant's pushes).
+#[derive(Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub name: String,
+    /// Hex SHA-256 of the token (production form).
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    /// The token in clear (development only).
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminConfig {
+    /// The token's SHA-256 (lower-case hex), from whichever form is configured.
+    pub fn hashes(&self) -> Vec<String> {
+        self.token_sha256
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .chain(
+                self.token
+                    .iter()
+                    .map(|t| crate::api::validate::sha256_hex(t.as_bytes())),
+            )
+            .collect()
     }
 }
 
@@ -237,6 +276,43 @@ impl Settings {
                 return bad(format!(
                     "tenants[{}].webhook_url needs a webhook_secret to sign with",
                     t.name
+                ));
+            }
+        }
+        let tenant_hashes: Vec<String> = self
+            .tenants
+            .iter()
+            .flat_map(|t| {
+                let t = AdminConfig {
+                    name: t.name.clone(),
+                    token_sha256: t.token_sha256.clone(),
+                    token: t.token.clone(),
+                };
+                t.hashes()
+            })
+            .collect();
+        for a in &self.admins {
+            match (&a.token_sha256, &a.token) {
+                (Some(h), _) if h.len() != 64 || hex::decode(h).is_err() => {
+                    return bad(format!(
+                        "admins[{}].token_sha256 must be 64 hex digits",
+                        a.name
+                    ));
+                }
+                (None, None) => {
+                    return bad(format!(
+                        "admins[{}] needs token_sha256 (or token for development)",
+                        a.name
+                    ));
+                }
+                _ => {}
+            }
+            // One token, one role: an admin token must never also be a tenant's (it would see
+            // that tenant's pushes, DESIGN §10.4).
+            if a.hashes().iter().any(|h| tenant_hashes.contains(h)) {
+                return bad(format!(
+                    "admins[{}]: the token is also a tenant's token; use distinct tokens",
+                    a.name
                 ));
             }
         }

@@ -79,6 +79,29 @@ pub fn decide(
             (Next::Accepted { refs: refs.clone() }, detail.clone())
         }
         Outcome::Permanent { reason } | Outcome::Unsupported { reason } => fallback(reason),
+        // A suspended route is not a failure: fall back under `auto` when another binding is
+        // left, otherwise wait without counting the attempt (DESIGN §10.4).
+        Outcome::Deferred {
+            reason,
+            retry_after,
+        } => {
+            let (next, detail) = fallback(reason);
+            if matches!(next, Next::Fallback { .. }) {
+                return (next, detail);
+            }
+            let at = now_ms + retry_after.as_millis() as i64;
+            if at >= push.expires_at_ms {
+                (
+                    Next::Expired,
+                    format!("{reason}; ttl passes before the next attempt"),
+                )
+            } else {
+                (
+                    Next::Defer { at_ms: at },
+                    format!("{reason}; waiting {} ms", retry_after.as_millis()),
+                )
+            }
+        }
         Outcome::Transient {
             reason,
             retry_after,
@@ -146,6 +169,34 @@ mod tests {
         base: Duration::from_millis(1000),
         max: Duration::from_secs(60),
     };
+
+    #[test]
+    fn deferred_waits_uncounted_or_falls_back_under_auto_never_fails() {
+        let d = Outcome::Deferred {
+            reason: "smsc a suspended".into(),
+            retry_after: Duration::from_secs(5),
+        };
+        // Explicit binding: waits, even with every attempt used up.
+        assert_eq!(
+            decide(&push(Some(BindingKind::Sip), 3), 0, &d, 0, P, 0.0).0,
+            Next::Defer { at_ms: 5000 }
+        );
+        // Under auto with a binding left: falls back.
+        assert_eq!(
+            decide(&push(None, 1), 0, &d, 0, P, 0.0).0,
+            Next::Fallback { binding_index: 1 }
+        );
+        // Under auto on the last binding: waits.
+        assert_eq!(
+            decide(&push(None, 1), 1, &d, 0, P, 0.0).0,
+            Next::Defer { at_ms: 5000 }
+        );
+        // Only the TTL ends the wait.
+        assert_eq!(
+            decide(&push(Some(BindingKind::Sip), 1), 0, &d, 96_000, P, 0.0).0,
+            Next::Expired
+        );
+    }
 
     #[test]
     fn transient_retries_then_fails_or_falls_back() {

@@ -171,6 +171,11 @@ pub enum Next {
     Expired,
     /// Graceful shutdown: give the lease back without counting the attempt.
     Release,
+    /// Nothing was attempted (every route suspended by an operator): wait in `retry_wait` until
+    /// `at_ms` without counting the attempt.
+    Defer {
+        at_ms: i64,
+    },
 }
 
 /// The durable record of one attempt's outcome.
@@ -351,11 +356,38 @@ impl Default for StoreOptions {
     }
 }
 
+/// One replica registered in a shared store (admin status).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReplicaInfo {
+    pub id: String,
+    pub started_at_ms: i64,
+    pub heartbeat_at_ms: i64,
+}
+
+/// Whether every migration of `migrator` is recorded as applied in `applied` (versions of
+/// successful rows of sqlx's `_sqlx_migrations`).
+pub(crate) fn all_applied(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> bool {
+    migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .all(|m| applied.contains(&m.version))
+}
+
 /// The durable queue and registry.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A cheap round trip to the database (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Whether every migration this build embeds is applied (readiness, DESIGN §10.4: a replica
+    /// started with `auto_migrate = false` before `dmpushd migrate` ran is not ready).
+    async fn migrations_current(&self) -> Result<bool, StoreError>;
+
+    /// The replicas sharing this store with their heartbeats (PostgreSQL `replicas` table);
+    /// empty where one process owns the store (SQLite).
+    async fn replicas(&self) -> Result<Vec<ReplicaInfo>, StoreError> {
+        Ok(Vec::new())
+    }
 
     /// Create or replace; `true` when created.
     async fn put_device(&self, device: &Device) -> Result<bool, StoreError>;

@@ -77,6 +77,9 @@ pub(crate) fn completion_effect(c: &Completion) -> CompletionEffect<'_> {
         Next::Expired => (PushState::Expired, None, None, 0),
         // Graceful shutdown: the attempt did not happen, so it is not counted.
         Next::Release => (PushState::Queued, Some(c.at_ms), None, -1),
+        // Suspended routes: the push waits, and the attempt that did not happen is not counted,
+        // so a long suspension cannot exhaust `max_attempts` (DESIGN §10.4).
+        Next::Defer { at_ms } => (PushState::RetryWait, Some(*at_ms), None, -1),
     };
     // The event's attempt number matches the row's counter after the change: a released
     // attempt is taken back, so the event names the attempt before it.
@@ -448,6 +451,14 @@ mod tests {
             (Next::Failed, PushState::Failed, None, None, 0, 3),
             (Next::Expired, PushState::Expired, None, None, 0, 3),
             (Next::Release, PushState::Queued, Some(1_000), None, -1, 2),
+            (
+                Next::Defer { at_ms: 5_000 },
+                PushState::RetryWait,
+                Some(5_000),
+                None,
+                -1,
+                2,
+            ),
         ];
         for (next, state, next_at, index, delta, attempt) in cases {
             let c = completion(next.clone());

@@ -627,6 +627,22 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn migrations_current(&self) -> Result<bool, StoreError> {
+        // Before any migration ran the table does not exist: not current (not an error).
+        let applied: Vec<i64> =
+            match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.read)
+                .await
+            {
+                Ok(v) => v,
+                Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => {
+                    Vec::new()
+                }
+                Err(e) => return Err(e.into()),
+            };
+        Ok(super::all_applied(&MIGRATOR, &applied))
+    }
+
     async fn put_device(&self, d: &Device) -> Result<bool, StoreError> {
         let existed: Option<i64> = sqlx::query_scalar(
             "INSERT INTO devices (tenant, id, bindings, dm, created_at, updated_at)

@@ -39,7 +39,7 @@ async fn wait_ready(gw: &Gateway) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (s, b) = gw.call("GET", "/readyz", None, None).await;
-        if s == 200 {
+        if s == 200 && crate::support::process::all_bearers_ok(&b) {
             return;
         }
         assert!(Instant::now() < deadline, "never ready: {b}");

@@ -14,6 +14,10 @@
 
 mod support;
 
+// Readiness and the admin API, and deploy/ against a real Prometheus (issue 13).
+mod admin;
+mod deploy;
+
 // The REST API end to end, one module per binding behind it.
 mod api_bootstrap;
 mod api_http;

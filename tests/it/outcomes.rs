@@ -44,7 +44,7 @@ async fn gateway(
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (st, b) = gw.call("GET", "/readyz", None, None).await;
-        if st == 200 {
+        if st == 200 && crate::support::process::all_bearers_ok(&b) {
             return gw;
         }
         assert!(Instant::now() < deadline, "SMPP session never bound: {b}");

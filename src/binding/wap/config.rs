@@ -62,6 +62,9 @@ pub struct WapConfig {
     /// `submit_sm_resp`) is kept; then it is dropped and counted, and never settles a push that
     /// receives the id later (DESIGN §10.1).
     pub receipt_hold_seconds: u64,
+    /// How long a push waits before it looks again when every SMSC that routes it is suspended
+    /// by an operator (`/v1/admin/smscs/{name}/suspend`); such waits are not counted as attempts.
+    pub suspended_retry_ms: u64,
     pub smsc: Vec<SmscConfig>,
 }
 
@@ -82,6 +85,7 @@ impl Default for WapConfig {
             ambiguous: AmbiguousPolicy::Resend,
             deliver_timeout_ms: 90_000,
             receipt_hold_seconds: crate::domain::DEFAULT_RECEIPT_HOLD.as_secs(),
+            suspended_retry_ms: 10_000,
             smsc: Vec::new(),
         }
     }

@@ -20,11 +20,23 @@ impl WapBinding {
         segments: &[sms::Segment],
         reference: u16,
     ) -> Outcome {
-        // Prefer a bound SMSC among those that route this MSISDN.
-        let Some(idx) = std::iter::once(smsc)
-            .chain(alternatives.iter().copied())
-            .find(|i| self.smscs.get(*i).is_some_and(|h| h.is_bound()))
+        // Prefer a bound, not suspended SMSC among those that route this MSISDN.
+        let candidates = || std::iter::once(smsc).chain(alternatives.iter().copied());
+        let Some(idx) = candidates().find(|i| self.smscs.get(*i).is_some_and(|h| h.is_usable()))
         else {
+            // Every route suspended by an operator: not a failure, and not an attempt
+            // (DESIGN §10.4). Unbound routes keep their ordinary transient outcome.
+            let suspended: Vec<&str> = candidates()
+                .filter_map(|i| self.smscs.get(i))
+                .filter(|h| h.is_suspended())
+                .map(|h| h.cfg.name.as_str())
+                .collect();
+            if !suspended.is_empty() {
+                return Outcome::Deferred {
+                    reason: format!("smsc {} suspended by an operator", suspended.join(", ")),
+                    retry_after: Duration::from_millis(self.cfg.suspended_retry_ms),
+                };
+            }
             let name = self.cfg.smsc.get(smsc).map_or("?", |s| s.name.as_str());
             return Outcome::Transient {
                 reason: format!("smsc {name} not bound"),

@@ -42,6 +42,7 @@ use super::{
 pub struct WapBinding {
     cfg: WapConfig,
     smscs: Vec<session::SmscHandle>,
+    metrics: metrics::SmppMetrics,
     udp: Option<UdpSocket>,
     counter: AtomicU16,
 }
@@ -96,6 +97,44 @@ impl Binding for WapBinding {
 
     fn deliver(&self, delivery: Delivery) -> BoxFuture<'_, Outcome> {
         self.deliver_one(delivery).boxed()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let smscs: Vec<serde_json::Value> = self
+            .smscs
+            .iter()
+            .map(|h| {
+                let name = h.cfg.name.as_str();
+                let m = &self.metrics;
+                serde_json::json!({
+                    "name": name,
+                    "bound": h.is_bound(),
+                    "suspended": h.is_suspended(),
+                    "binds": m.binds.with_label_values(&[name, "up"]).get(),
+                    "window": h.cfg.window,
+                    "window_in_use": m.in_flight.with_label_values(&[name]).get(),
+                    // Submits waiting for a window slot in the session's queue.
+                    "queued_submits": h.tx.max_capacity() - h.tx.capacity(),
+                    "throughput_limit_per_second": h.cfg.throughput,
+                    "submits_ok": m.submits.with_label_values(&[name, crate::codec::smpp::status_name(0)]).get(),
+                    "throttled": m.throttled.with_label_values(&[name]).get(),
+                    "ambiguous": m.ambiguous.with_label_values(&[name]).get(),
+                    "last_error": h.last_error().map(|(at, message)| serde_json::json!({
+                        "at": crate::api::rfc3339(at),
+                        "message": message,
+                    })),
+                })
+            })
+            .collect();
+        serde_json::json!({ "smscs": smscs })
+    }
+
+    fn set_suspended(&self, name: &str, suspended: bool) -> Option<()> {
+        let h = self.smscs.iter().find(|h| h.cfg.name == name)?;
+        h.suspended
+            .store(suspended, std::sync::atomic::Ordering::Release);
+        tracing::warn!(smsc = %name, suspended, "SMSC suspension changed by an operator");
+        Some(())
     }
 
     fn ready(&self) -> Result<(), NotReady> {
@@ -176,6 +215,7 @@ pub async fn build_wap(
     Ok(Some(Arc::new(WapBinding {
         cfg: cfg.clone(),
         smscs,
+        metrics,
         udp: Some(udp),
         counter: AtomicU16::new(rand::random()),
     })))

@@ -231,11 +231,33 @@ pub struct SmscHandle {
     pub cfg: Arc<SmscConfig>,
     pub tx: mpsc::Sender<SubmitReq>,
     pub bound: Arc<AtomicBool>,
+    /// Set by an operator (`POST /v1/admin/smscs/{name}/suspend`): the session stays bound (so
+    /// receipts for earlier submits still arrive) but no new submit_sm is routed here. In memory,
+    /// per replica.
+    pub suspended: Arc<AtomicBool>,
+    /// Why the session last went down (or failed to come up), with when (Unix ms).
+    pub last_error: Arc<std::sync::Mutex<Option<(i64, String)>>>,
 }
 
 impl SmscHandle {
     pub fn is_bound(&self) -> bool {
         self.bound.load(Ordering::Acquire)
+    }
+
+    pub fn is_suspended(&self) -> bool {
+        self.suspended.load(Ordering::Acquire)
+    }
+
+    /// Bound and not suspended: new submits may go here.
+    pub fn is_usable(&self) -> bool {
+        self.is_bound() && !self.is_suspended()
+    }
+
+    pub fn last_error(&self) -> Option<(i64, String)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -249,10 +271,22 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> SmscHandle {
     let cfg = Arc::new(cfg);
+    // Every series of this account exists from the start (at 0): dashboards and alerts (an
+    // unbound SMSC, throttling) see it before its first event.
+    let n = cfg.name.as_str();
+    metrics.bound.with_label_values(&[n]).set(0);
+    metrics.in_flight.with_label_values(&[n]).set(0);
+    metrics.throttled.with_label_values(&[n]);
+    metrics.ambiguous.with_label_values(&[n]);
+    for event in ["up", "down"] {
+        metrics.binds.with_label_values(&[n, event]);
+    }
     // Requests wait here while the window is full; bounded so memory is too.
     let (tx, rx) = mpsc::channel(cfg.window.max(1) * 4);
     let bound = Arc::new(AtomicBool::new(false));
+    let last_error = Arc::default();
     let s = Session {
+        last_error: Arc::clone(&last_error),
         cfg: cfg.clone(),
         tls,
         metrics,
@@ -264,7 +298,13 @@ pub fn spawn(
         seq: 0,
     };
     tokio::spawn(s.run());
-    SmscHandle { cfg, tx, bound }
+    SmscHandle {
+        cfg,
+        tx,
+        bound,
+        suspended: Arc::default(),
+        last_error,
+    }
 }
 
 struct Session {
@@ -276,6 +316,7 @@ struct Session {
     receipt_hold: Duration,
     shutdown: CancellationToken,
     bound: Arc<AtomicBool>,
+    last_error: Arc<std::sync::Mutex<Option<(i64, String)>>>,
     rx: mpsc::Receiver<SubmitReq>,
     /// Last sequence number used; numbering continues across reconnects.
     seq: u32,
@@ -318,6 +359,9 @@ impl Session {
                 End::Shutdown => break,
                 End::Error(e) => {
                     tracing::warn!(smsc = %name, error = %e, "SMPP session down; reconnecting");
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+                    *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((now as i64, e));
                 }
             }
             // Jittered exponential backoff: uniform in [backoff/2, backoff].

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Job, PgStore, enqueue::writer, listen::listen};
 use crate::store::{DeviceCache, StoreError, StoreOptions};
 
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
 impl PgStore {
     /// Connects (TLS per `sslmode` in the URL), runs migrations when `opts.auto_migrate`, and
     /// starts the writer and LISTEN tasks. Must be called inside a Tokio runtime.
@@ -26,7 +28,7 @@ impl PgStore {
         if opts.auto_migrate {
             // sqlx takes a PostgreSQL advisory lock around migrations, so replicas starting
             // together migrate once.
-            sqlx::migrate!("migrations/postgres").run(&pool).await?;
+            MIGRATOR.run(&pool).await?;
         }
         let wake = Arc::new(Notify::new());
         let max_batch = opts.max_batch.max(1);

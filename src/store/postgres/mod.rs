@@ -193,6 +193,25 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn migrations_current(&self) -> Result<bool, StoreError> {
+        // Before the first migration sqlx's table does not exist (42P01): not current.
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+                .or_else(|e| match &e {
+                    sqlx::Error::Database(d) if d.code().as_deref() == Some("42P01") => {
+                        Ok(Vec::new())
+                    }
+                    _ => Err(e),
+                })?;
+        Ok(crate::store::all_applied(&connect::MIGRATOR, &applied))
+    }
+
+    async fn replicas(&self) -> Result<Vec<crate::store::ReplicaInfo>, StoreError> {
+        replicas::list(&self.pool).await
+    }
+
     async fn put_device(&self, d: &Device) -> Result<bool, StoreError> {
         // xmax = 0 only on a freshly inserted row version: tells insert from update.
         let row = sqlx::query(

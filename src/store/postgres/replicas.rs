@@ -97,3 +97,21 @@ pub(super) async fn purge(
     .await?;
     Ok(n.unsigned_abs())
 }
+
+/// Every registered replica, oldest first (admin status).
+pub(super) async fn list(pool: &PgPool) -> Result<Vec<crate::store::ReplicaInfo>, StoreError> {
+    let rows: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT id, started_at, heartbeat_at FROM replicas ORDER BY started_at, id")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, started_at_ms, heartbeat_at_ms)| crate::store::ReplicaInfo {
+                id,
+                started_at_ms,
+                heartbeat_at_ms,
+            },
+        )
+        .collect())
+}

@@ -23,16 +23,24 @@ pub fn spawn_serve(config: &Path) -> Child {
 /// Polls `GET {base}{path}` until it answers 200 (bounded).
 pub async fn wait_ok(http: &reqwest::Client, base: &str, path: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while http
-        .get(format!("{base}{path}"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16() != 200)
-        .unwrap_or(true)
-    {
+    loop {
+        if let Ok(r) = http.get(format!("{base}{path}")).send().await
+            && r.status().as_u16() == 200
+            && all_bearers_ok(&r.json().await.unwrap_or_default())
+        {
+            return;
+        }
         assert!(Instant::now() < deadline, "gateway did not answer {path}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `/readyz` is 200 whatever the bearers' state (DESIGN §10.4); tests that need a bound SMSC
+/// wait for its binding to report `ok` too. Bodies without `bindings` count as ok.
+pub fn all_bearers_ok(body: &serde_json::Value) -> bool {
+    body["bindings"]
+        .as_object()
+        .is_none_or(|m| m.values().all(|v| v == "ok"))
 }
 
 /// Pushes per state, read from the database file itself (works while the gateway is dead).
