@@ -21,6 +21,7 @@ mod api_wap;
 
 // The binary: configuration contract, crash safety, several replicas.
 mod cli;
+mod config_reference;
 mod crash;
 mod recovery;
 mod replicas;
