@@ -4,10 +4,10 @@
 # token). Any failure (a 5xx, a status or body the document does not declare, a request the
 # schema forbids that the server accepts, …) exits non-zero. Prints the number of generated cases.
 #
-#   scripts/schemathesis.sh [MAX_EXAMPLES]    (default 20 per operation; DMPUSHD_BIN picks the binary)
+#   scripts/schemathesis.sh [MAX_EXAMPLES]    (default 50 per operation; DMPUSHD_BIN picks the binary)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-max_examples=${1:-20}
+max_examples=${1:-50}
 command -v schemathesis >/dev/null 2>&1 || bash scripts/install.d/schemathesis.sh >&2
 if [ -z "${DMPUSHD_BIN:-}" ]; then
   cargo build --quiet --bin dmpushd

@@ -23,6 +23,7 @@ mod api_wap;
 mod cli;
 mod config_reference;
 mod crash;
+mod openapi_contract;
 mod recovery;
 mod replicas;
 
