@@ -15,6 +15,13 @@ use crate::domain::{Device, DeviceBinding, DmCredentials};
 /// Body of `PUT /v1/devices/{id}`.
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "bindings": [
+        {"type": "http", "url": "https://device.example/push", "framing": "direct"},
+        {"type": "wap", "msisdn": "+447700900123"}
+    ],
+    "dm": {"server_id": "com.example.dms", "server_password": "srvpass", "server_nonce": "AQIDBAUGBwg="}
+}))]
 pub struct DeviceBody {
     /// Ordered: `auto` pushes try them in this order.
     #[schema(value_type = Vec<validate::BindingInput>, min_items = 1, max_items = 16)]

@@ -34,6 +34,13 @@ pub enum Priority {
 /// exactly one of `device`, `bindings`.
 #[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "device": "IMEI:490154203237518",
+    "content_type": "application/vnd.syncml.dm+xml",
+    "body": "<SyncML xmlns=\"SYNCML:SYNCML1.2\"><SyncHdr/><SyncBody/></SyncML>",
+    "ttl_seconds": 3600,
+    "idempotency_key": "job-42"
+}))]
 pub struct PushRequest {
     /// A registered device id (an unknown one is 422).
     #[schema(example = "IMEI:490154203237518")]
