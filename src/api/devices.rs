@@ -15,9 +15,16 @@ use crate::domain::{Device, DeviceBinding, DmCredentials};
 /// Body of `PUT /v1/devices/{id}`.
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "bindings": [
+        {"type": "http", "url": "https://device.example/push", "framing": "direct"},
+        {"type": "wap", "msisdn": "+447700900123"}
+    ],
+    "dm": {"server_id": "com.example.dms", "server_password": "srvpass", "server_nonce": "AQIDBAUGBwg="}
+}))]
 pub struct DeviceBody {
     /// Ordered: `auto` pushes try them in this order.
-    #[schema(value_type = Vec<DeviceBinding>)]
+    #[schema(value_type = Vec<validate::BindingInput>, min_items = 1, max_items = 16)]
     pub bindings: Vec<validate::BindingInput>,
     #[serde(default)]
     pub dm: Option<DmCredentials>,
@@ -66,10 +73,12 @@ pub fn public_binding(b: &DeviceBinding) -> serde_json::Value {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Cursor: the last id of the previous page.
     pub after: Option<String>,
-    /// Page size (default 100, at most 1000).
+    /// Page size: default 100, clamped to 1..=1000.
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
     pub limit: Option<u32>,
 }
 

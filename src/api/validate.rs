@@ -15,7 +15,8 @@ use crate::domain::{
 pub const MAX_KEY_LEN: usize = 200;
 
 pub fn device_id(id: &str) -> Result<(), Problem> {
-    if id.is_empty() || id.len() > MAX_KEY_LEN {
+    // Characters, not octets: what the OpenAPI `maxLength` counts.
+    if id.is_empty() || id.chars().count() > MAX_KEY_LEN {
         return Err(Problem::invalid(
             "id",
             format!("device id must be 1 to {MAX_KEY_LEN} characters"),
@@ -32,32 +33,45 @@ pub fn device_id(id: &str) -> Result<(), Problem> {
 
 /// One device binding as a client sends it (the JSON object of DESIGN §5, addresses as text).
 /// [`binding`] turns it into the typed [`DeviceBinding`], naming the field of the first error.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum BindingInput {
+    /// WAP push: over SMS (`msisdn` required) or UDP (`address` required).
     Wap {
+        /// E.164 number for the SMS bearer (`+` optional, 7–15 digits, no leading 0).
         #[serde(default)]
+        #[schema(pattern = r"^\+?[1-9][0-9]{6,14}$", example = "+447700900123")]
         msisdn: Option<String>,
         #[serde(default)]
         bearer: WapBearer,
+        /// `ip` or `ip:port` of the UDP bearer (default port 2948).
         #[serde(default)]
         address: Option<String>,
+        /// Secure connectionless push: refused (422), see docs/decisions/wap.md.
         #[serde(default)]
         secure: bool,
     },
+    /// SIP MESSAGE to the device's address of record.
     Sip {
+        /// `sip:`, `sips:` or `tel:` URI.
+        #[schema(example = "sip:device@ims.example.net")]
         uri: String,
         #[serde(default)]
         gruu: Option<String>,
     },
+    /// Push OTA over HTTP(S).
     Http {
+        /// `https://` (or `http://` when `bindings.http.allow_plaintext`).
+        #[schema(example = "https://device.example/push")]
         url: String,
         #[serde(default)]
         framing: HttpFraming,
         #[serde(default)]
         hmac: Option<HmacCredentials>,
     },
+    /// OBEX PUT to a relay.
     Obex {
+        /// `host:port`, `[v6]:port` or a bare host (port 650).
         address: String,
         #[serde(default)]
         password: Option<String>,
@@ -249,7 +263,7 @@ pub fn xml(body: &[u8], field: &str) -> Result<(), Problem> {
 
 pub fn key(s: &Option<String>, field: &str) -> Result<(), Problem> {
     if let Some(k) = s
-        && (k.is_empty() || k.len() > MAX_KEY_LEN)
+        && (k.is_empty() || k.chars().count() > MAX_KEY_LEN)
     {
         return Err(Problem::invalid(
             field,
@@ -268,18 +282,68 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// Integers of a request body: JSON has one number type, and JSON Schema's `integer` admits
+/// `3600.0`; serde alone would refuse it. Use with `#[serde(default, deserialize_with = …)]`.
+pub mod whole {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub fn deserialize<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<i64>,
+    {
+        let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+            return Ok(None);
+        };
+        // 2^53: beyond it an f64 no longer holds every integer exactly.
+        let i = match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => i,
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 => f as i64,
+            _ => return Err(D::Error::custom(format!("{n} is not an integer in range"))),
+        };
+        T::try_from(i)
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("{i} is out of range")))
+    }
+}
+
 /// Notification parameters of a push (DESIGN §5).
 #[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationParams {
     /// `not-specified` (default), `background`, `informative`, `user-interaction`.
+    #[schema(value_type = Option<UiMode>)]
     pub ui_mode: Option<String>,
     /// `server` (default) or `client`.
+    #[schema(value_type = Option<Initiator>)]
     pub initiator: Option<String>,
     /// 1..65535; random when absent.
+    #[serde(default, deserialize_with = "whole::deserialize")]
+    #[schema(minimum = 1, maximum = 65535, example = 4660)]
     pub session_id: Option<u32>,
+    /// Vendor-specific octets appended to the trigger, base64.
     #[serde(default)]
     pub vendor_base64: Option<String>,
     /// The 10-bit version field (default 11 = DM 1.2, protocol-facts addendum Q1).
+    #[serde(default, deserialize_with = "whole::deserialize")]
+    #[schema(maximum = 1023)]
     pub version: Option<u16>,
+}
+
+/// `notification.ui_mode` (OpenAPI schema only).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UiMode {
+    NotSpecified,
+    Background,
+    Informative,
+    UserInteraction,
+}
+
+/// `notification.initiator` (OpenAPI schema only).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Initiator {
+    Server,
+    Client,
 }

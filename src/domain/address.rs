@@ -124,7 +124,9 @@ pub enum SipAddress {
 
 impl SipAddress {
     pub fn parse(s: &str) -> Result<Self, AddressError> {
-        if s.len() >= 4 && s[..4].eq_ignore_ascii_case("tel:") {
+        // `get`, not `[..4]`: the fourth octet may fall inside a multi-byte character (a panic,
+        // found by schemathesis, issue 13).
+        if s.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("tel:")) {
             return parse_tel(s).map(Self::Tel);
         }
         SipUri::parse(s)
@@ -308,6 +310,14 @@ text_address!(ObexAddr);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sip_address_with_multibyte_start_is_an_error_not_a_panic() {
+        for s in ["Déþ\u{8c}", "té", "\u{1F600}", "tel\u{e9}:1234"] {
+            assert!(SipAddress::parse(s).is_err(), "{s}");
+        }
+        assert!(SipAddress::parse("TEL:+4930123456").is_ok());
+    }
 
     #[test]
     fn msisdn_edge_cases() {

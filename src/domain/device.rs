@@ -10,6 +10,8 @@ use super::binding::DeviceBinding;
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DmCredentials {
+    /// The DM server's ServerID (1 to 255 octets).
+    #[schema(min_length = 1, example = "com.example.dms")]
     pub server_id: String,
     pub server_password: String,
     /// Server nonce as the device stores it, base64 (decoded to raw octets for the digest).

@@ -26,7 +26,9 @@ mod api_wap;
 
 // The binary: configuration contract, crash safety, several replicas.
 mod cli;
+mod config_reference;
 mod crash;
+mod openapi_contract;
 mod recovery;
 mod replicas;
 

@@ -4,29 +4,65 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{Problem, rfc3339, validate, validate::NotificationParams};
 use crate::{
-    domain::{BindingKind, ContentType, DeviceBinding, PushState},
+    domain::{BindingKind, ContentType, PushState},
     store::PushRecord,
 };
 
 /// Most items in one batch request.
 pub const MAX_BATCH: usize = 1000;
 
+/// `binding` of a push: `auto` or one binding type (OpenAPI schema only).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BindingChoice {
+    Auto,
+    Wap,
+    Sip,
+    Http,
+    Obex,
+}
+
+/// `priority` of a push (OpenAPI schema only).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Normal,
+    High,
+}
+
 /// Body of `POST /v1/pushes` (DESIGN §5). Exactly one of `body`, `body_base64`, `notification`;
 /// exactly one of `device`, `bindings`.
 #[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "device": "IMEI:490154203237518",
+    "content_type": "application/vnd.syncml.dm+xml",
+    "body": "<SyncML xmlns=\"SYNCML:SYNCML1.2\"><SyncHdr/><SyncBody/></SyncML>",
+    "ttl_seconds": 3600,
+    "idempotency_key": "job-42"
+}))]
 pub struct PushRequest {
-    /// A registered device id.
+    /// A registered device id (an unknown one is 422).
+    #[schema(example = "IMEI:490154203237518")]
     pub device: Option<String>,
     /// Inline bindings instead of a registered device.
-    #[schema(value_type = Option<Vec<DeviceBinding>>)]
+    #[schema(value_type = Option<Vec<validate::BindingInput>>, min_items = 1, max_items = 16)]
     pub bindings: Option<Vec<validate::BindingInput>>,
     /// `auto` (default: the device's bindings in order, with fallback) or a binding type.
+    #[schema(value_type = Option<BindingChoice>)]
     pub binding: Option<String>,
+    /// Default `application/vnd.syncml.dm+xml` with `body`; required with `body_base64`.
+    /// Matched case-insensitively, parameters ignored (RFC 9110 §8.3.1).
+    #[schema(value_type = Option<ContentType>)]
     pub content_type: Option<String>,
-    /// Text payload (XML DM message).
+    /// Text payload: a well-formed XML DM message. Exactly one of `body`, `body_base64`,
+    /// `notification`.
+    #[schema(
+        min_length = 1,
+        example = "<SyncML xmlns=\"SYNCML:SYNCML1.2\"><SyncHdr/><SyncBody/></SyncML>"
+    )]
     pub body: Option<String>,
-    /// Binary payload (WBXML, or a ready-made package #0).
+    /// Binary payload, base64 (WBXML, or a ready-made package #0).
     pub body_base64: Option<String>,
     /// Build a package #0 notification from the device's `dm` credentials.
     pub notification: Option<NotificationParams>,
@@ -34,14 +70,23 @@ pub struct PushRequest {
     /// binding adds the WSP `SEC` and `MAC` Content-Type parameters. Other bindings refuse it.
     pub bootstrap: Option<BootstrapParams>,
     /// `normal` (default) or `high`.
+    #[schema(value_type = Option<Priority>)]
     pub priority: Option<String>,
-    /// Time to live from submission (default from `queue.default_ttl_seconds`).
+    /// Time to live from submission (default `queue.default_ttl_seconds`, at most
+    /// `queue.max_ttl_seconds`).
+    #[serde(default, deserialize_with = "validate::whole::deserialize")]
+    #[schema(minimum = 1, example = 3600)]
     pub ttl_seconds: Option<i64>,
-    /// RFC 3339 time before which no attempt is made.
+    /// RFC 3339 time before which no attempt is made (before the end of the TTL).
+    #[schema(format = DateTime)]
     pub not_before: Option<String>,
+    /// A repeated submission with the same key returns the first push (200) instead of a new one.
+    #[schema(min_length = 1, max_length = 200, example = "job-42")]
     pub idempotency_key: Option<String>,
     /// A newer push with the same key supersedes a pending one.
+    #[schema(min_length = 1, max_length = 200)]
     pub collapse_key: Option<String>,
+    /// Where this push's result webhooks go (the tenant needs a `webhook_secret`).
     pub callback_url: Option<String>,
 }
 
@@ -178,11 +223,19 @@ pub struct BatchResult {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RawQuery {
+    /// As `binding` of `POST /v1/pushes`.
+    #[param(value_type = Option<BindingChoice>)]
     pub binding: Option<String>,
+    /// As `ttl_seconds` of `POST /v1/pushes`.
+    #[param(minimum = 1)]
     pub ttl_seconds: Option<i64>,
+    #[param(value_type = Option<Priority>)]
     pub priority: Option<String>,
+    #[param(min_length = 1, max_length = 200)]
     pub collapse_key: Option<String>,
+    #[param(format = DateTime)]
     pub not_before: Option<String>,
 }
 
@@ -208,11 +261,17 @@ pub struct PreviewResult {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this device's pushes.
     pub device: Option<String>,
+    /// Only pushes in this state.
+    #[param(value_type = Option<PushState>)]
     pub state: Option<String>,
     /// Cursor: the last id of the previous page (listing is newest first).
     pub before: Option<String>,
+    /// Page size: default 100, clamped to 1..=1000.
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
     pub limit: Option<u32>,
 }
 

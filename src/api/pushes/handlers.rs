@@ -73,6 +73,12 @@ pub async fn batch(
 ) -> Result<Json<BatchResult>, Problem> {
     let body = body.map_err(problem::from_bytes_rejection)?;
     let items: Vec<serde_json::Value> = problem::parse_json(&body)?;
+    if let Some(i) = items.iter().position(|v| !v.is_object()) {
+        return Err(Problem::malformed(
+            Some(format!("[{i}]")),
+            format!("batch item {i} is not a JSON object"),
+        ));
+    }
     if items.is_empty() || items.len() > MAX_BATCH {
         return Err(Problem::malformed(
             None,
