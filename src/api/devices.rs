@@ -95,6 +95,7 @@ pub async fn put(
     validate::device_id(&id)?;
     let req: DeviceBody = problem::parse_json(&body)?;
     let bindings = validate::bindings(&req.bindings, "bindings")?;
+    validate::targets(&st.bindings, &bindings, "bindings")?;
     if let Some(dm) = &req.dm {
         validate::dm(dm)?;
     }

@@ -20,6 +20,7 @@ use tokio::{
 
 fn cfg() -> SipConfig {
     SipConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
         t1_ms: 50,
         t2_ms: 200,
         timer_f_ms: Some(1000),

@@ -74,6 +74,14 @@ pub(super) async fn prepare(
             dm: None,
         },
     };
+    // allow_targets on literal addresses (DESIGN §10.3); a registered device's were checked at
+    // registration, and again here because the operator may have narrowed the list since.
+    let at = if target.device_id.is_some() {
+        "device.bindings"
+    } else {
+        "bindings"
+    };
+    validate::targets(&st.bindings, &target.bindings, at)?;
     let push = new_push(
         &st.limits,
         &st.webhooks,

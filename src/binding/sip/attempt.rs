@@ -20,6 +20,7 @@ use crate::codec::sip::{
     message::{self, MessageRequest, parse_response},
 };
 use crate::domain::SipAddress;
+use crate::net::targets::ResolveError;
 
 /// Where and how one request goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,16 +84,35 @@ impl SipBinding {
         })
     }
 
-    async fn resolve(&self, plan: &Plan, transport: Transport) -> Result<SocketAddr, LinkError> {
+    /// The next hop's address. A host contacted directly must be one `allow_targets` permits
+    /// (checked after DNS, DESIGN §10.3); the configured proxy is the operator's and is not
+    /// checked.
+    async fn resolve(&self, plan: &Plan, transport: Transport) -> Result<SocketAddr, Outcome> {
         let port = plan.hop.port.unwrap_or(transport.default_port());
         let host = plan.hop.host_unbracketed().to_string();
-        let fail = |reason: String| LinkError {
-            transport: transport.as_str(),
-            addr: SocketAddr::from(([0, 0, 0, 0], port)),
-            reason,
-            permanent: false,
+        let fail = |reason: String| Outcome::Transient {
+            reason: format!("{}: {reason}", transport.as_str()),
+            retry_after: None,
         };
-        // A records only: RFC 3263 NAPTR/SRV is out of scope (docs/decisions/sip.md).
+        if self.proxy.is_none() {
+            // A records only: RFC 3263 NAPTR/SRV is out of scope (docs/decisions/sip.md).
+            return match tokio::time::timeout(
+                self.timers.timer_f,
+                self.policy.resolve(&host, port, super::SECTION),
+            )
+            .await
+            {
+                Err(_) => Err(fail(format!("resolving {host} timed out"))),
+                Ok(Ok(addrs)) => addrs
+                    .first()
+                    .copied()
+                    .ok_or_else(|| fail(format!("{host} has no address"))),
+                Ok(Err(ResolveError::Refused(r))) => Err(Outcome::Permanent {
+                    reason: r.to_string(),
+                }),
+                Ok(Err(e)) => Err(fail(e.to_string())),
+            };
+        }
         let mut addrs = tokio::time::timeout(
             self.timers.timer_f,
             tokio::net::lookup_host((host.as_str(), port)),
@@ -126,7 +146,7 @@ impl SipBinding {
             let mut transport = plan.transport;
             let addr = match self.resolve(&plan, transport).await {
                 Ok(a) => a,
-                Err(e) => return self.link_outcome(e),
+                Err(outcome) => return outcome,
             };
             let req = |sent_by: &str, transport: Transport| {
                 MessageRequest {

@@ -67,6 +67,10 @@ pub struct SipConfig {
     /// Requests larger than this go over TCP (RFC 3261 §18.1.1: 1300 when the MTU is unknown).
     pub udp_max_request: usize,
     pub credentials: Vec<SipCredential>,
+    /// Device URI hosts allowed besides public unicast addresses (CIDR list, the same semantics
+    /// as `[bindings.http] allow_targets`, DESIGN §10.3). Only hosts contacted directly are
+    /// checked: a configured `proxy` is the operator's and is not.
+    pub allow_targets: Vec<String>,
 }
 
 impl Default for SipConfig {
@@ -94,6 +98,7 @@ impl Default for SipConfig {
             max_forwards: 70,
             udp_max_request: message::UDP_MAX_REQUEST,
             credentials: Vec::new(),
+            allow_targets: Vec::new(),
         }
     }
 }
