@@ -145,11 +145,13 @@ async fn digest(scenario: &str, tcp: bool, password: &str) -> (Outcome, Sipp) {
                 realm: "other.realm".into(),
                 username: "nobody".into(),
                 password: "x".into(),
+                targets: vec!["127.0.0.0/8".into()],
             },
             SipCredential {
                 realm: "dm.test".into(),
                 username: "dmuser".into(),
                 password: password.into(),
+                targets: vec!["127.0.0.0/8".into()],
             },
         ],
         ..fast()

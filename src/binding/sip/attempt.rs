@@ -239,7 +239,7 @@ impl SipBinding {
                         };
                     }
                     challenged = true;
-                    match self.answer_challenge(&resp, &plan.request_uri, &d.body) {
+                    match self.answer_challenge(&resp, &plan, addr, &d.body) {
                         Ok(a) => authorization = Some(a),
                         Err(reason) => return Outcome::Permanent { reason },
                     }
@@ -274,12 +274,25 @@ impl SipBinding {
         }
     }
 
+    /// Whether credential `i` may answer a challenge from the hop of `plan` at `addr`: the
+    /// configured proxy always (it is the operator's), a host contacted directly only when the
+    /// credential's `targets` name it (DESIGN §10.3).
+    fn credential_may_answer(&self, i: usize, plan: &Plan, addr: SocketAddr) -> bool {
+        self.proxy.is_some()
+            || self
+                .credential_targets
+                .get(i)
+                .is_some_and(|t| t.permits(plan.hop.host_unbracketed(), addr.ip()))
+    }
+
     fn answer_challenge(
         &self,
         resp: &Response,
-        request_uri: &str,
+        plan: &Plan,
+        addr: SocketAddr,
         body: &[u8],
     ) -> Result<(&'static str, String), String> {
+        let request_uri = plan.request_uri.as_str();
         let (hdr, answer) = if resp.status == 407 {
             ("proxy-authenticate", "Proxy-Authorization")
         } else {
@@ -295,12 +308,29 @@ impl SipBinding {
                     continue;
                 }
             };
-            let Some(cred) = self.cfg.credentials.iter().find(|c| c.realm == ch.realm) else {
+            let mut for_realm = self
+                .cfg
+                .credentials
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.realm == ch.realm)
+                .peekable();
+            if for_realm.peek().is_none() {
                 last_err = format!(
                     "SIP {}: no credentials for realm {:?}",
                     resp.status, ch.realm
                 );
                 continue;
+            }
+            let Some((_, cred)) =
+                for_realm.find(|(i, _)| self.credential_may_answer(*i, plan, addr))
+            else {
+                // The realm is the operator's but this host is not where its credentials go:
+                // answering would hand a digest of the operator's account to whoever runs it.
+                return Err(format!(
+                    "SIP {}: no credentials for this target",
+                    resp.status
+                ));
             };
             let cnonce = format!("{:016x}", rand::random::<u64>());
             let inp = DigestInput {

@@ -112,6 +112,8 @@ pub struct SipBinding {
     pool: Pool,
     /// `allow_targets` for hosts contacted directly (not the configured proxy).
     policy: TargetPolicy,
+    /// Each credential's `targets`, in `cfg.credentials` order.
+    credential_targets: Vec<config::CredentialTargets>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     epoch: Instant,
@@ -189,6 +191,12 @@ impl SipBinding {
             proxy,
             route,
             pool,
+            credential_targets: cfg
+                .credentials
+                .iter()
+                .map(config::CredentialTargets::parse)
+                .collect::<Result<_, _>>()
+                .map_err(anyhow::Error::msg)?,
             policy: TargetPolicy::new(
                 parse_allow_list(&cfg.allow_targets, SECTION).map_err(anyhow::Error::msg)?,
             ),
@@ -367,7 +375,8 @@ mod tests {
             SipCredential {
                 realm: "r".into(),
                 username: "u".into(),
-                password: "hunter2".into()
+                password: "hunter2".into(),
+                targets: vec![],
             }
         );
         assert!(!dbg.contains("hunter2"));
