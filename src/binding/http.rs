@@ -285,7 +285,8 @@ impl HttpBinding {
                     .and_then(parse_retry_after);
                 classify(resp.status().as_u16(), retry_after)
             }
-            Err(e) => classify_error(&e),
+            // reqwest's error text carries the URL, user-info included: drop it (issue 12).
+            Err(e) => classify_error(&e.without_url()),
         }
     }
 }

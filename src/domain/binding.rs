@@ -137,7 +137,10 @@ impl DeviceBinding {
     pub fn redacted(&self) -> Self {
         let mut b = self.clone();
         match &mut b {
-            Self::Http { hmac, .. } => {
+            Self::Http { url, hmac, .. } => {
+                if let Ok(u) = HttpTarget::parse(&url.redacted()) {
+                    *url = u;
+                }
                 if let Some(h) = hmac {
                     h.password.clear();
                     h.nonce.clear();
