@@ -12,7 +12,11 @@ use std::{
 
 use serde_json::json;
 
-use crate::support::{free_port, process::wait_ok};
+use crate::support::{
+    free_port,
+    gateway::{Gateway, TOKEN_A, settings},
+    process::wait_ok,
+};
 
 const URL_SECRET: &str = "URLpw-7f3a9";
 const HMAC_SECRET: &str = "HMACpw-c41e2";
@@ -129,4 +133,44 @@ async fn user_info_and_hmac_password_appear_nowhere() {
             assert!(!text.contains(secret), "{secret} leaked in: {text}");
         }
     }
+}
+
+/// `/metrics` is public without `server.metrics_token` and then names no tenant; with the token
+/// it answers only to it and its labels name tenants.
+#[tokio::test]
+async fn metrics_name_tenants_only_behind_the_metrics_token() {
+    let body = json!({"bindings": [{"type": "http", "url": "https://127.0.0.1:9/p"}],
+        "content_type": "application/vnd.syncml.dm+xml", "body": "<SyncML/>"});
+    let gw = Gateway::start().await;
+    gw.push(TOKEN_A, body.clone()).await;
+    let text = gw.metrics_text().await;
+    assert!(
+        text.contains(r#"dmpushd_pushes_accepted_total{tenant="_"} 1"#),
+        "{text}"
+    );
+    assert!(!text.contains(r#"tenant="a""#), "{text}");
+    gw.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.server.metrics_token = Some("scrape-token".into());
+    let gw = Gateway::start_with(s, Some(dir)).await;
+    gw.push(TOKEN_A, body).await;
+    let get = |token: Option<&'static str>| {
+        let mut r = gw.http.get(format!("{}/metrics", gw.base));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(get(None).await.unwrap().status(), 401);
+    assert_eq!(get(Some(TOKEN_A)).await.unwrap().status(), 401);
+    let ok = get(Some("scrape-token")).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let text = ok.text().await.unwrap();
+    assert!(
+        text.contains(r#"dmpushd_pushes_accepted_total{tenant="a"} 1"#),
+        "{text}"
+    );
+    gw.stop().await;
 }

@@ -414,7 +414,7 @@ pub(super) async fn submit_request(
         Enqueued::Created { id } => {
             st.metrics
                 .pushes_accepted
-                .with_label_values(&[tenant])
+                .with_label_values(&[st.metrics.tenant_label(tenant)])
                 .inc();
             Ok((
                 StatusCode::ACCEPTED,
