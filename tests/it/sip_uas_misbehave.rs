@@ -490,6 +490,29 @@ async fn credentials_answer_only_their_targets() {
         "{h:?}"
     );
 
+    // The configured outbound proxy is the operator's: its challenge is answered without
+    // `targets`, and the device URI behind it is not checked against allow_targets.
+    let (proxy, log) = udp_uas(challenge_then_ok()).await;
+    let (b, _) = binding(&SipConfig {
+        proxy: Some(format!("sip:{proxy}")),
+        credentials: vec![cred(vec![])],
+        allow_targets: vec![],
+        ..cfg()
+    })
+    .await;
+    let o = b
+        .deliver(delivery(
+            "sip:device@10.1.2.3:5060",
+            ContentType::DmXml,
+            b"<x/>",
+        ))
+        .await;
+    assert!(matches!(o, Outcome::Delivered { .. }), "{o:?}");
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    let (_, h, _) = split_message(&seen[1].1);
+    assert!(header(&h, "Authorization").is_some(), "{h:?}");
+
     // A bad target in the config is refused at startup.
     assert!(
         dmpushd::binding::sip::build(
