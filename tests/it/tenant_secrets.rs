@@ -174,3 +174,54 @@ async fn metrics_name_tenants_only_behind_the_metrics_token() {
     );
     gw.stop().await;
 }
+
+/// A registered device's HMAC password and URL user-info are not copied into its push rows; the
+/// dispatcher takes them from the device per attempt, and a push whose device was deleted fails
+/// permanently with "device deleted" (docs/security.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_secrets_stay_with_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("dmpushd.db");
+    let s = settings(dir.path());
+    let gw = Gateway::start_with(s, Some(dir)).await;
+    gw.put_device(
+        TOKEN_A,
+        "hmac-dev",
+        json!({"bindings": [{"type": "http", "url": format!("https://devuser:{URL_SECRET}@127.0.0.1:9/p"),
+            "hmac": {"username": "u", "password": HMAC_SECRET, "nonce": "AAAA"}},
+            {"type": "obex", "address": "127.0.0.1:9", "password": "obex-pw-5521"}]}),
+    )
+    .await;
+    let not_before = (time::OffsetDateTime::now_utc() + time::Duration::seconds(2))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let id = gw
+        .push(
+            TOKEN_A,
+            json!({"device": "hmac-dev", "content_type": "application/vnd.syncml.dm+xml",
+                "body": "<SyncML/>", "not_before": not_before}),
+        )
+        .await;
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&db)
+        .read_only(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    let (row,): (String,) = sqlx::query_as("SELECT bindings FROM pushes WHERE id = ?")
+        .bind(&id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert!(row.contains("127.0.0.1:9"), "{row}");
+    for secret in [URL_SECRET, HMAC_SECRET, "devuser", "obex-pw-5521"] {
+        assert!(!row.contains(secret), "{secret} in the push row: {row}");
+    }
+    let (s, _) = gw
+        .call("DELETE", "/v1/devices/hmac-dev", Some(TOKEN_A), None)
+        .await;
+    assert!(s == 204 || s == 200, "{s}");
+    let p = gw.wait_final(TOKEN_A, &id, Duration::from_secs(20)).await;
+    assert_eq!(p["state"], "failed", "{p}");
+    assert!(p["events"].to_string().contains("device deleted"), "{p}");
+    gw.stop().await;
+}

@@ -408,8 +408,17 @@ pub(super) async fn submit_request(
     header_key: Option<String>,
 ) -> Result<(StatusCode, Submitted, bool), Problem> {
     let now = crate::domain::now_ms();
-    let Prepared { push } = prepare(st, tenant, req, hash, header_key, now).await?;
+    let Prepared { mut push } = prepare(st, tenant, req, hash, header_key, now).await?;
     check_capability(st, &push)?;
+    // A registered device's secrets stay with the device: the row keeps a reference (the
+    // device id) and the dispatcher resolves them per attempt (issue 12, docs/security.md).
+    if push.device_id.is_some() {
+        push.bindings = push
+            .bindings
+            .iter()
+            .map(DeviceBinding::without_device_secrets)
+            .collect();
+    }
     match st.store.enqueue(push).await? {
         Enqueued::Created { id } => {
             st.metrics
