@@ -31,7 +31,8 @@ impl App {
     /// Binds the listener and opens everything; nothing runs until [`App::run`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         crate::tls::install_provider();
-        let metrics = Metrics::new()?;
+        let mut metrics = Metrics::new()?;
+        metrics.protect(settings.server.metrics_token.as_deref());
         let store = store::open(&settings.store).await?;
 
         let (receipts_tx, receipts) = mpsc::channel(4096);

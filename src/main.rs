@@ -97,7 +97,7 @@ fn redact(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
             for (k, val) in map.iter_mut() {
-                let secret = k.contains("password") || k == "token" || k.contains("secret");
+                let secret = k.contains("password") || k.ends_with("token") || k.contains("secret");
                 if secret && !val.is_null() {
                     *val = serde_json::Value::String("<redacted>".into());
                 } else {

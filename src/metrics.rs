@@ -26,9 +26,49 @@ pub struct Metrics {
     pub lease_takeovers: IntCounter,
     /// Final pushes deleted by retention (`store.retention_seconds`).
     pub store_purged: IntCounter,
+    /// `server.metrics_token`: when set, `/metrics` requires it and labels name tenants;
+    /// when not, `/metrics` is public and every tenant label is [`ANY_TENANT`].
+    token: Option<std::sync::Arc<str>>,
 }
 
+/// The tenant label value on an unauthenticated `/metrics` (tenant names are not public).
+pub const ANY_TENANT: &str = "_";
+
 impl Metrics {
+    /// Puts `/metrics` behind a bearer token, which also lets labels name tenants.
+    pub fn protect(&mut self, token: Option<&str>) {
+        self.token = token.filter(|t| !t.is_empty()).map(std::sync::Arc::from);
+    }
+
+    /// The value of a `tenant` label: the name only when `/metrics` is protected.
+    pub fn tenant_label<'a>(&self, tenant: &'a str) -> &'a str {
+        if self.token.is_some() {
+            tenant
+        } else {
+            ANY_TENANT
+        }
+    }
+
+    /// Whether a request's bearer token may read `/metrics` (constant time in its content).
+    pub fn may_read(&self, bearer: Option<&str>) -> bool {
+        use sha2::{Digest, Sha256};
+        let Some(want) = &self.token else {
+            return true;
+        };
+        let Some(got) = bearer else {
+            return false;
+        };
+        // Comparing digests keeps the time independent of where the strings differ.
+        let (a, b) = (
+            Sha256::digest(want.as_bytes()),
+            Sha256::digest(got.as_bytes()),
+        );
+        a.iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
+
     /// Builds and registers the core metrics. Fails only on a programming error (an invalid or
     /// duplicate definition), reported at startup rather than as a panic.
     pub fn new() -> Result<Self, prometheus::Error> {
@@ -155,6 +195,7 @@ impl Metrics {
             claim_size,
             lease_takeovers,
             store_purged,
+            token: None,
         })
     }
 

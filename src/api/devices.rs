@@ -63,6 +63,10 @@ pub fn public_binding(b: &DeviceBinding) -> serde_json::Value {
     let mut v = serde_json::to_value(b).unwrap_or_default();
     if let Some(obj) = v.as_object_mut() {
         obj.remove("password");
+        // URL user-info is a secret too (issue 12).
+        if let DeviceBinding::Http { url, .. } = b {
+            obj.insert("url".into(), serde_json::Value::String(url.redacted()));
+        }
         if let Some(h) = obj.get_mut("hmac").and_then(|h| h.as_object_mut()) {
             h.remove("password");
             h.remove("nonce");
@@ -104,6 +108,7 @@ pub async fn put(
     validate::device_id(&id)?;
     let req: DeviceBody = problem::parse_json(&body)?;
     let bindings = validate::bindings(&req.bindings, "bindings")?;
+    validate::targets(&st.bindings, &bindings, "bindings")?;
     if let Some(dm) = &req.dm {
         validate::dm(dm)?;
     }

@@ -215,7 +215,20 @@ async fn readyz(State(st): State<ApiState>) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
-async fn metrics(State(st): State<ApiState>) -> Response {
+async fn metrics(State(st): State<ApiState>, headers: axum::http::HeaderMap) -> Response {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if !st.metrics.may_read(bearer) {
+        let mut r = Problem::unauthorized().into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
     let due = {
         let mut last = st.depth_refreshed.lock().unwrap_or_else(|p| p.into_inner());
         let due = last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));

@@ -182,6 +182,25 @@ pub fn bindings(list: &[BindingInput], at: &str) -> Result<Vec<DeviceBinding>, P
         .collect()
 }
 
+/// Refuses a binding whose literal target address the configured binding's `allow_targets`
+/// does not permit (DESIGN §10.3), naming the field (`bindings[0].address`). Bindings of a kind
+/// this gateway does not run are left to the capability check.
+pub fn targets(
+    configured: &crate::binding::Bindings,
+    list: &[DeviceBinding],
+    at: &str,
+) -> Result<(), Problem> {
+    for (i, b) in list.iter().enumerate() {
+        if let Some(r) = configured
+            .get(b.kind())
+            .and_then(|binding| binding.refused_target(b))
+        {
+            return Err(Problem::invalid(format!("{at}[{i}].{}", r.field), r.reason));
+        }
+    }
+    Ok(())
+}
+
 pub fn dm(dm: &DmCredentials) -> Result<(), Problem> {
     if dm.server_id.is_empty() || dm.server_id.len() > 255 {
         return Err(Problem::invalid("dm.server_id", "must be 1 to 255 octets"));

@@ -250,9 +250,7 @@ impl HttpBinding {
         if let Some(ip) = literal
             && !self.policy.permits(ip)
         {
-            return Err(format!(
-                "target {ip} is outside bindings.http.allow_targets"
-            ));
+            return Err(TargetRefused::literal(ip, "bindings.http").to_string());
         }
         Ok(u)
     }
@@ -287,7 +285,8 @@ impl HttpBinding {
                     .and_then(parse_retry_after);
                 classify(resp.status().as_u16(), retry_after)
             }
-            Err(e) => classify_error(&e),
+            // reqwest's error text carries the URL, user-info included: drop it (issue 12).
+            Err(e) => classify_error(&e.without_url()),
         }
     }
 }
@@ -400,6 +399,17 @@ impl Binding for HttpBinding {
                 .map_err(|_| CannotCarry::Target("hmac.nonce is not valid base64".to_owned()))?;
         }
         Ok(())
+    }
+
+    fn refused_target(&self, target: &DeviceBinding) -> Option<super::RefusedTarget> {
+        let DeviceBinding::Http { url, .. } = target else {
+            return None;
+        };
+        let ip = self.policy.refused_literal(url.url())?;
+        Some(super::RefusedTarget {
+            field: "url",
+            reason: TargetRefused::literal(ip, "bindings.http").to_string(),
+        })
     }
 
     fn deliver(&self, d: Delivery) -> futures_util::future::BoxFuture<'_, Outcome> {

@@ -127,6 +127,14 @@ pub const BOOTSTRAP_WAP_ONLY: &str =
 #[error("{0}")]
 pub struct NotReady(pub String);
 
+/// A target address the binding's `allow_targets` refuses (DESIGN §10.3). The API answers 422
+/// naming `field` inside the binding object (`address`, `uri`, `url`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedTarget {
+    pub field: &'static str,
+    pub reason: String,
+}
+
 /// Result of a pure check (no I/O) that a binding can carry a payload to a target.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Preview {
@@ -198,6 +206,13 @@ pub trait Binding: Send + Sync + 'static {
                 .preview_bootstrap(target, content_type, body, bootstrap)
                 .map(|_| ()),
         }
+    }
+
+    /// Pure check of a target's **literal** addresses against this binding's `allow_targets`,
+    /// used at registration and submit; names are checked after DNS at send time. Default:
+    /// nothing to check.
+    fn refused_target(&self, _target: &DeviceBinding) -> Option<RefusedTarget> {
+        None
     }
 
     /// One attempt. Must not panic on anything a peer sends; must return within a bounded time.

@@ -32,6 +32,9 @@ pub struct Settings {
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Bearer token `/metrics` requires when set (a secret: redacted by check-config). Without
+    /// it `/metrics` is public and its labels carry no tenant names (docs/security.md).
+    pub metrics_token: Option<String>,
     /// Largest accepted request body (bytes); larger requests get 413.
     pub body_limit_bytes: usize,
     /// Largest DM payload in a push (bytes, after base64 decoding).
@@ -45,6 +48,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_token: None,
             body_limit_bytes: 1024 * 1024,
             max_payload_bytes: 64 * 1024,
             shutdown_grace_seconds: 10,

@@ -178,7 +178,7 @@ fn parse_tel(s: &str) -> Result<String, AddressError> {
 
 /// The URL of an HTTP device binding: `http(s)://` with a host. Its user-info (if any) is a
 /// secret and is never shown (see `DeviceBinding::redacted`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct HttpTarget {
     url: url::Url,
@@ -204,8 +204,27 @@ impl HttpTarget {
     pub fn url(&self) -> &url::Url {
         &self.url
     }
+
+    /// The URL without its user-info: what API responses, events and logs show (issue 12).
+    pub fn redacted(&self) -> String {
+        if self.url.username().is_empty() && self.url.password().is_none() {
+            return self.raw.clone();
+        }
+        let mut u = self.url.clone();
+        // Cannot fail for http(s) URLs with a host (checked by `parse`).
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+        u.to_string()
+    }
 }
 text_address!(HttpTarget);
+
+impl fmt::Debug for HttpTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Derive-free so that user-info never reaches a log through `{:?}`.
+        f.debug_tuple("HttpTarget").field(&self.redacted()).finish()
+    }
+}
 
 /// A UDP bearer address (WDP over UDP, WAP-259): an IP address with an optional port; the WAP
 /// binding supplies its configured default port (2948, WAP-259 §6.2) when there is none.
@@ -317,6 +336,16 @@ mod tests {
             assert!(SipAddress::parse(s).is_err(), "{s}");
         }
         assert!(SipAddress::parse("TEL:+4930123456").is_ok());
+    }
+
+    #[test]
+    fn http_target_user_info_is_redacted_in_debug_and_redacted() {
+        let t = HttpTarget::parse("https://dev:hunter2@device.example/push?x=1").unwrap();
+        assert_eq!(t.redacted(), "https://device.example/push?x=1");
+        let dbg = format!("{t:?}");
+        assert!(!dbg.contains("hunter2") && !dbg.contains("dev:"), "{dbg}");
+        let plain = HttpTarget::parse("https://device.example/p").unwrap();
+        assert_eq!(plain.redacted(), "https://device.example/p");
     }
 
     #[test]

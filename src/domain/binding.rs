@@ -133,11 +133,45 @@ impl DeviceBinding {
         }
     }
 
+    /// What a queued push of a **registered** device keeps of this binding: no HMAC or OBEX
+    /// password and no URL user-info (issue 12). The dispatcher takes them from the device at
+    /// attempt time ([`Self::with_device_secrets`]), so deleting the device deletes them.
+    pub fn without_device_secrets(&self) -> Self {
+        let mut b = self.clone();
+        match &mut b {
+            Self::Http { url, hmac, .. } => {
+                if let Ok(u) = HttpTarget::parse(&url.redacted()) {
+                    *url = u;
+                }
+                if let Some(h) = hmac {
+                    h.password.clear();
+                }
+            }
+            Self::Obex { password, .. } => *password = None,
+            Self::Wap { .. } | Self::Sip { .. } => {}
+        }
+        b
+    }
+
+    /// This binding with the secrets of the device's binding to the same target (same kind and
+    /// address, URL compared without user-info); `None` when the device has no such binding any
+    /// more (it was deleted or re-registered elsewhere).
+    pub fn with_device_secrets(&self, device: &[DeviceBinding]) -> Option<Self> {
+        let bare = self.without_device_secrets();
+        device
+            .iter()
+            .find(|d| d.without_device_secrets() == bare)
+            .cloned()
+    }
+
     /// The same binding with every secret removed, for API responses and logs.
     pub fn redacted(&self) -> Self {
         let mut b = self.clone();
         match &mut b {
-            Self::Http { hmac, .. } => {
+            Self::Http { url, hmac, .. } => {
+                if let Ok(u) = HttpTarget::parse(&url.redacted()) {
+                    *url = u;
+                }
                 if let Some(h) = hmac {
                     h.password.clear();
                     h.nonce.clear();

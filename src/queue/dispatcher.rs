@@ -296,6 +296,35 @@ impl Dispatcher {
             .await
     }
 
+    /// The binding to attempt with its secrets: for a registered device, the device's binding
+    /// to the same target (the row holds none, docs/security.md); for an inline push, its own.
+    async fn device_target(
+        &self,
+        push: &Claimed,
+        target: &DeviceBinding,
+    ) -> Result<DeviceBinding, Outcome> {
+        let Some(id) = &push.device_id else {
+            return Ok(target.clone());
+        };
+        match self.store.get_device(&push.tenant, id).await {
+            Ok(Some(d)) => {
+                target
+                    .with_device_secrets(&d.bindings)
+                    .ok_or_else(|| Outcome::Permanent {
+                        reason: "device binding changed: the device no longer has this target"
+                            .into(),
+                    })
+            }
+            Ok(None) => Err(Outcome::Permanent {
+                reason: "device deleted".into(),
+            }),
+            Err(e) => Err(Outcome::Transient {
+                reason: format!("reading the device: {e}"),
+                retry_after: None,
+            }),
+        }
+    }
+
     async fn attempt_in_span(
         self: Arc<Self>,
         push: Claimed,
@@ -341,11 +370,14 @@ impl Dispatcher {
                         let kind = target.kind();
                         let _slot = self.targets.acquire(target_key(target)).await;
                         let start = Instant::now();
+                        // A registered device's secrets are not in the push row: take them from
+                        // the device now (issue 12). No device: the push fails permanently.
+                        let resolved = self.device_target(&push, target).await;
                         let delivery = Delivery {
                             push_id: push.id.clone(),
                             tenant: push.tenant.clone(),
                             device_id: push.device_id.clone(),
-                            target: target.clone(),
+                            target: resolved.as_ref().unwrap_or(target).clone(),
                             content_type: push.content_type,
                             body: Bytes::from(push.body.clone()),
                             bootstrap: push.bootstrap.clone(),
@@ -360,8 +392,13 @@ impl Dispatcher {
                         // caught too. AssertUnwindSafe: after a panic nothing of the delivery
                         // is used again; the binding's own state is its to keep consistent
                         // (its locks are poison-tolerant, as ours are).
-                        let guarded = AssertUnwindSafe(async { binding.deliver(delivery).await })
-                            .catch_unwind();
+                        let guarded = AssertUnwindSafe(async {
+                            match resolved {
+                                Ok(_) => binding.deliver(delivery).await,
+                                Err(o) => o,
+                            }
+                        })
+                        .catch_unwind();
                         let (outcome, label) = match tokio::time::timeout(
                             self.cfg.attempt_timeout,
                             guarded,

@@ -105,6 +105,7 @@ async fn suspended_smsc_holds_pushes_without_failing_them_and_resume_delivers() 
     };
     let mut s = with_admin(settings(dir.path()));
     s.bindings.wap = wap_config(sim.port);
+    s.bindings.wap.allow_targets = vec!["127.0.0.0/8".into()];
     // Two attempts: were a suspended wait counted as an attempt, the push would fail after the
     // second wait; it must not.
     s.queue.max_attempts = 2;
@@ -191,6 +192,7 @@ async fn under_auto_a_suspended_smsc_falls_back_to_the_next_binding() {
     let addr = device.local_addr().unwrap();
     let mut s = with_admin(settings(dir.path()));
     s.bindings.wap = wap_config(sim.port);
+    s.bindings.wap.allow_targets = vec!["127.0.0.0/8".into()];
     let gw = Gateway::start_with(s, None).await;
     wait_bound(&gw).await;
     let (st, _) = gw

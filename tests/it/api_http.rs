@@ -758,8 +758,9 @@ async fn metrics_move_with_deliveries() {
     gw.wait_final(TOKEN_A, &id, Duration::from_secs(10)).await;
     let after = gw.metrics_text().await;
     assert_eq!(
-        metric(&after, r#"dmpushd_pushes_accepted_total{tenant="a"}"#),
-        metric(&before, r#"dmpushd_pushes_accepted_total{tenant="a"}"#) + 1.0
+        // Public /metrics: no tenant names (server.metrics_token unset, docs/security.md).
+        metric(&after, r#"dmpushd_pushes_accepted_total{tenant="_"}"#),
+        metric(&before, r#"dmpushd_pushes_accepted_total{tenant="_"}"#) + 1.0
     );
     assert_eq!(
         metric(
@@ -799,5 +800,45 @@ async fn metrics_move_with_deliveries() {
     let (s, doc) = gw.call("GET", "/openapi.json", None, None).await;
     assert_eq!(s, 200);
     assert!(doc["paths"]["/v1/pushes"].is_object(), "{doc}");
+    gw.stop().await;
+}
+
+/// The raw-push idempotency hash covers `not_before` (issue 12): the same key with another
+/// schedule is a conflict, not a replay of the first push; the same request is a replay.
+#[tokio::test]
+async fn raw_push_idempotency_covers_not_before() {
+    let gw = Gateway::start().await;
+    gw.put_device(
+        TOKEN_A,
+        "raw1",
+        json!({"bindings": [{"type": "http", "url": "https://127.0.0.1:9/p"}]}),
+    )
+    .await;
+    let at = |minutes: i64| {
+        (time::OffsetDateTime::now_utc() + time::Duration::minutes(minutes))
+            .replace_nanosecond(0)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let (soon, later) = (at(60), at(120));
+    let send = |not_before: &str| {
+        gw.http
+            .post(format!(
+                "{}/v1/devices/raw1/push?not_before={not_before}",
+                gw.base
+            ))
+            .bearer_auth(TOKEN_A)
+            .header("Content-Type", "application/vnd.syncml.dm+xml")
+            .header("Idempotency-Key", "raw-key-1")
+            .body("<SyncML/>")
+            .send()
+    };
+    let first = send(&soon).await.unwrap();
+    assert_eq!(first.status(), 202);
+    let again = send(&soon).await.unwrap();
+    assert!(again.status().is_success(), "{}", again.status());
+    let other = send(&later).await.unwrap();
+    assert_eq!(other.status(), 409, "{}", other.text().await.unwrap());
     gw.stop().await;
 }

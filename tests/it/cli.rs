@@ -201,7 +201,8 @@ fn binding_log_lines_carry_the_push_id() {
         &file,
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"sqlite://{}\"\n\
-             [[tenants]]\nname = \"t\"\ntoken = \"log-token\"\n[log]\nlevel = \"info,dmpushd::binding=debug\"\n",
+             [[tenants]]\nname = \"t\"\ntoken = \"log-token\"\n[bindings.wap]\nallow_targets = [\"127.0.0.0/8\"]\n\
+             [log]\nlevel = \"info,dmpushd::binding=debug\"\n",
             dir.path().join("d.db").display()
         ),
     )

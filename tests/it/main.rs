@@ -52,6 +52,10 @@ mod sip_tls;
 mod sip_tshark;
 mod sip_uas_misbehave;
 
+// The tenant boundary: allow_targets on every outbound path.
+mod tenant_secrets;
+mod tenant_targets;
+
 // Push outcomes end to end: unconfirmed, receipt correlation, fallback on a failed receipt.
 mod outcomes;
 

@@ -127,6 +127,7 @@ async fn peer_child_push() {
     let reg = prometheus::Registry::new();
     let b = ObexBinding::new(
         &ObexConfig {
+            allow_targets: vec!["127.0.0.0/8".into()],
             io_timeout_ms: 5_000,
             ..Default::default()
         },

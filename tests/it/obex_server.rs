@@ -152,6 +152,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 fn binding(io_timeout_ms: u64) -> (ObexBinding, prometheus::Registry) {
     let reg = prometheus::Registry::new();
     let cfg = ObexConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
         io_timeout_ms,
         connect_timeout_ms: 2_000,
         ..Default::default()
@@ -442,12 +443,19 @@ async fn challenge_without_password_is_permanent() {
 #[tokio::test]
 async fn build_registers_and_respects_enabled() {
     let ctx = support::binding_context_unread();
-    let b = dmpushd::binding::obex::build(&ObexConfig::default(), &ctx)
-        .await
-        .unwrap()
-        .expect("enabled by default");
+    let b = dmpushd::binding::obex::build(
+        &ObexConfig {
+            allow_targets: vec!["127.0.0.0/8".into()],
+            ..Default::default()
+        },
+        &ctx,
+    )
+    .await
+    .unwrap()
+    .expect("enabled by default");
     assert_eq!(b.kind(), dmpushd::binding::BindingKind::Obex);
     let off = ObexConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
         enabled: false,
         ..Default::default()
     };
@@ -479,6 +487,7 @@ async fn tls_relay_with_private_ca_is_delivered() {
     let r = relay_with(good_script(1024, object.clone()), Some(acc)).await;
     let port = r.addr.rsplit_once(':').unwrap().1;
     let cfg = ObexConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
         tls: true,
         ca_file: Some(ca),
         ..Default::default()
@@ -503,6 +512,7 @@ async fn tls_relay_with_unknown_ca_is_permanent() {
     .await;
     let port = r.addr.rsplit_once(':').unwrap().1;
     let cfg = ObexConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
         tls: true,
         ..Default::default()
     };

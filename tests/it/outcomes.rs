@@ -19,7 +19,7 @@ const MSISDN: &str = "+491701234567";
 
 fn wap_config(port: u16, registered_delivery: u8) -> WapConfig {
     let toml = format!(
-        "enabled = true\n[[smsc]]\nname = \"acct\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+        "enabled = true\nallow_targets = [\"127.0.0.0/8\"]\n[[smsc]]\nname = \"acct\"\nhost = \"127.0.0.1\"\nport = {port}\n\
          system_id = \"gw\"\npassword = \"pw\"\nwindow = 4\nregistered_delivery = {registered_delivery}\n"
     );
     config::Config::builder()

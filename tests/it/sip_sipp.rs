@@ -12,6 +12,7 @@ use dmpushd::binding::{
 
 fn fast() -> SipConfig {
     SipConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
         // Short timers so a failing peer fails the test quickly (a lost UDP request is
         // retransmitted after 100 ms).
         t1_ms: 100,
@@ -144,11 +145,13 @@ async fn digest(scenario: &str, tcp: bool, password: &str) -> (Outcome, Sipp) {
                 realm: "other.realm".into(),
                 username: "nobody".into(),
                 password: "x".into(),
+                targets: vec!["127.0.0.0/8".into()],
             },
             SipCredential {
                 realm: "dm.test".into(),
                 username: "dmuser".into(),
                 password: password.into(),
+                targets: vec!["127.0.0.0/8".into()],
             },
         ],
         ..fast()

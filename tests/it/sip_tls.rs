@@ -100,6 +100,7 @@ async fn tls_with_configured_ca_delivers() {
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).unwrap();
     let (b, reg) = binding(&SipConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
         ca_file: Some(ca),
         timer_f_ms: Some(5000),
         ..Default::default()
@@ -125,6 +126,7 @@ async fn tls_with_configured_ca_delivers() {
 
     // transport=tls on a sip: URI works the same way.
     let (b2, _) = binding(&SipConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
         ca_file: Some(dir.path().join("ca.pem")),
         transport: "tls".into(),
         ..Default::default()
@@ -145,6 +147,7 @@ async fn tls_with_unknown_ca_is_permanent() {
     let pki = pki();
     let (addr, seen) = tls_uas(&pki).await;
     let (b, _) = binding(&SipConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
         timer_f_ms: Some(5000),
         ..Default::default()
     })

@@ -78,7 +78,11 @@ async fn tshark_decodes_pushed_message() {
     wait_for(&|l| l.starts_with(&probe_prefix), "the probe", true);
 
     let mut uas = Sipp::start(&sipp, false, port, "uas_message.xml", 1, &[]);
-    let (b, _) = binding(&SipConfig::default()).await;
+    let (b, _) = binding(&SipConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
+        ..Default::default()
+    })
+    .await;
     let uri = format!("sip:device@127.0.0.1:{port}");
     let o = b
         .deliver(delivery(&uri, ContentType::Notification, &PKG0))

@@ -20,6 +20,7 @@ use tokio::{
 
 fn cfg() -> SipConfig {
     SipConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
         t1_ms: 50,
         t2_ms: 200,
         timer_f_ms: Some(1000),
@@ -240,6 +241,7 @@ async fn second_challenge_is_permanent() {
             realm: "dm.test".into(),
             username: "u".into(),
             password: "p".into(),
+            targets: vec!["127.0.0.0/8".into()],
         }],
         ..cfg()
     })
@@ -417,4 +419,110 @@ async fn tcp_connection_is_reused() {
         "sequential deliveries reuse"
     );
     assert!(first <= 10);
+}
+
+/// Operator credentials go only where the operator said (DESIGN §10.3, issue 12 defect 2): a UAS
+/// that is not in the credential's `targets` and challenges with the operator's realm gets no
+/// `Authorization` (the attempt fails permanently after one MESSAGE); the configured target does.
+#[tokio::test]
+async fn credentials_answer_only_their_targets() {
+    let challenge_then_ok: fn() -> Handler = || {
+        Box::new(|n, r| {
+            if n == 0 {
+                vec![answer(
+                    r,
+                    "401 Unauthorized",
+                    "WWW-Authenticate: Digest realm=\"operator.example\", nonce=\"n1\", qop=\"auth\"\r\n",
+                )]
+            } else {
+                vec![answer(r, "200 OK", "")]
+            }
+        })
+    };
+    let cred = |targets: Vec<String>| SipCredential {
+        realm: "operator.example".into(),
+        username: "operator".into(),
+        password: "operator-secret".into(),
+        targets,
+    };
+
+    // Not a target (a name elsewhere and a CIDR that does not hold the UAS).
+    let (addr, log) = udp_uas(challenge_then_ok()).await;
+    let (b, _) = binding(&SipConfig {
+        credentials: vec![cred(vec![
+            "registrar.operator.example".into(),
+            "10.0.0.0/8".into(),
+        ])],
+        ..cfg()
+    })
+    .await;
+    let o = b
+        .deliver(delivery(&uri(addr), ContentType::DmXml, b"<x/>"))
+        .await;
+    assert!(
+        matches!(&o, Outcome::Permanent { reason } if reason.contains("no credentials for this target")),
+        "{o:?}"
+    );
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "nothing is sent after the challenge");
+    for (_, m) in &seen {
+        let (_, h, _) = split_message(m);
+        assert!(header(&h, "Authorization").is_none());
+        assert!(!String::from_utf8_lossy(m).contains("operator\""));
+    }
+
+    // The configured target is answered.
+    let (addr, log) = udp_uas(challenge_then_ok()).await;
+    let (b, _) = binding(&SipConfig {
+        credentials: vec![cred(vec!["127.0.0.1/32".into()])],
+        ..cfg()
+    })
+    .await;
+    let o = b
+        .deliver(delivery(&uri(addr), ContentType::DmXml, b"<x/>"))
+        .await;
+    assert!(matches!(o, Outcome::Delivered { .. }), "{o:?}");
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    let (_, h, _) = split_message(&seen[1].1);
+    assert!(
+        header(&h, "Authorization").is_some_and(|v| v.contains("username=\"operator\"")),
+        "{h:?}"
+    );
+
+    // The configured outbound proxy is the operator's: its challenge is answered without
+    // `targets`, and the device URI behind it is not checked against allow_targets.
+    let (proxy, log) = udp_uas(challenge_then_ok()).await;
+    let (b, _) = binding(&SipConfig {
+        proxy: Some(format!("sip:{proxy}")),
+        credentials: vec![cred(vec![])],
+        allow_targets: vec![],
+        ..cfg()
+    })
+    .await;
+    let o = b
+        .deliver(delivery(
+            "sip:device@10.1.2.3:5060",
+            ContentType::DmXml,
+            b"<x/>",
+        ))
+        .await;
+    assert!(matches!(o, Outcome::Delivered { .. }), "{o:?}");
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    let (_, h, _) = split_message(&seen[1].1);
+    assert!(header(&h, "Authorization").is_some(), "{h:?}");
+
+    // A bad target in the config is refused at startup.
+    assert!(
+        dmpushd::binding::sip::build(
+            &SipConfig {
+                credentials: vec![cred(vec!["not a host/".into()])],
+                ..cfg()
+            },
+            &ctx()
+        )
+        .await
+        .is_err()
+    );
 }

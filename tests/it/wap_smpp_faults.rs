@@ -267,6 +267,7 @@ async fn binding(port: u16, policy: AmbiguousPolicy, tweak: impl FnOnce(&mut Sms
     };
     tweak(&mut s);
     let cfg = WapConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
         enabled: true,
         udp_bind: "127.0.0.1:0".parse().unwrap(),
         ambiguous: policy,
@@ -450,6 +451,7 @@ async fn smsc_down_gives_transient_not_bound_and_ready_fails() {
     drop(l);
     let (ctx, _rx) = binding_context(1);
     let cfg = WapConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
         enabled: true,
         udp_bind: "127.0.0.1:0".parse().unwrap(),
         smsc: vec![SmscConfig {
@@ -508,6 +510,7 @@ async fn tls_session_binds_submits_and_verifies_the_certificate() {
     let smsc = FakeSmsc::start_with(vec![Mode::Normal], Some(acceptor)).await;
     let (ctx, _rx) = binding_context(1);
     let cfg = WapConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
         enabled: true,
         udp_bind: "127.0.0.1:0".parse().unwrap(),
         smsc: vec![SmscConfig {
@@ -550,6 +553,7 @@ async fn receipt_acked_after_commit(committed: bool) {
     let smsc = FakeSmsc::start(vec![Mode::DecimalReceipt]).await;
     let (ctx, mut rx) = binding_context(4);
     let cfg = WapConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
         enabled: true,
         udp_bind: "127.0.0.1:0".parse().unwrap(),
         smsc: vec![SmscConfig {

@@ -55,6 +55,7 @@ async fn bind_to(sim: &Sim, tweak: impl FnOnce(&mut SmscConfig)) -> Fixture {
     };
     tweak(&mut smsc);
     let cfg = WapConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
         enabled: true,
         udp_bind: "127.0.0.1:0".parse().unwrap(),
         deliver_timeout_ms: 10_000,

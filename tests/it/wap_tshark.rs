@@ -186,6 +186,7 @@ async fn udp_bearer_datagram_is_a_wsp_push_for_tshark() {
     let dport = device.local_addr().unwrap().port();
     let (ctx, _rx) = ctx();
     let cfg = WapConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
         enabled: true,
         udp_bind: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()

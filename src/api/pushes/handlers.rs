@@ -155,13 +155,17 @@ pub async fn raw_push(
             format!("Content-Type {ct_header:?} is not a DM message or notification type"),
         )
     })?;
+    // Everything that shapes the push is in the hash, so that a replay under the same key with
+    // another schedule or device is a conflict, not a silent replay (issue 12).
     let mut hasher_input = format!(
-        "{}|{:?}|{:?}|{:?}|{:?}|",
+        "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|",
         ct.as_str(),
         q.binding,
         q.ttl_seconds,
         q.priority,
-        q.collapse_key
+        q.collapse_key,
+        q.not_before,
+        id,
     )
     .into_bytes();
     hasher_input.extend_from_slice(&body);

@@ -74,6 +74,14 @@ pub(super) async fn prepare(
             dm: None,
         },
     };
+    // allow_targets on literal addresses (DESIGN §10.3); a registered device's were checked at
+    // registration, and again here because the operator may have narrowed the list since.
+    let at = if target.device_id.is_some() {
+        "device.bindings"
+    } else {
+        "bindings"
+    };
+    validate::targets(&st.bindings, &target.bindings, at)?;
     let push = new_push(
         &st.limits,
         &st.webhooks,
@@ -516,13 +524,22 @@ pub(super) async fn submit_request(
     header_key: Option<String>,
 ) -> Result<(StatusCode, Submitted, bool), Problem> {
     let now = crate::domain::now_ms();
-    let Prepared { push } = prepare(st, tenant, req, hash, header_key, now).await?;
+    let Prepared { mut push } = prepare(st, tenant, req, hash, header_key, now).await?;
     check_capability(st, &push)?;
+    // A registered device's secrets stay with the device: the row keeps a reference (the
+    // device id) and the dispatcher resolves them per attempt (issue 12, docs/security.md).
+    if push.device_id.is_some() {
+        push.bindings = push
+            .bindings
+            .iter()
+            .map(DeviceBinding::without_device_secrets)
+            .collect();
+    }
     match st.store.enqueue(push).await? {
         Enqueued::Created { id } => {
             st.metrics
                 .pushes_accepted
-                .with_label_values(&[tenant])
+                .with_label_values(&[st.metrics.tenant_label(tenant)])
                 .inc();
             Ok((
                 StatusCode::ACCEPTED,

@@ -27,6 +27,10 @@ use crate::codec::obex::{
     self as codec, Action, ClientSession, ConnectFields, Packet, PutRequest, SessionError,
 };
 use crate::domain::ObexAddr;
+use crate::net::targets::{ResolveError, TargetPolicy, TargetRefused, parse_allow_list};
+
+/// The config section named in refusals.
+const SECTION: &str = "bindings.obex";
 
 /// IANA port of OBEX over TCP (protocol-facts §F.6), used when the address has none.
 pub const DEFAULT_PORT: u16 = 650;
@@ -54,6 +58,10 @@ pub struct ObexConfig {
     pub name: Option<String>,
     /// User id sent when a challenge asks for one (options bit 0, §F.5).
     pub user_id: Option<String>,
+    /// Relay addresses allowed besides public unicast ones (CIDR list, the same semantics as
+    /// `[bindings.http] allow_targets`, DESIGN §10.3): literal addresses are refused at the API,
+    /// names after DNS at send time.
+    pub allow_targets: Vec<String>,
 }
 
 impl Default for ObexConfig {
@@ -70,12 +78,14 @@ impl Default for ObexConfig {
             target: "SYNCML-DM".into(),
             name: None,
             user_id: None,
+            allow_targets: Vec::new(),
         }
     }
 }
 
 impl ObexConfig {
     pub fn validate(&self) -> Result<(), String> {
+        parse_allow_list(&self.allow_targets, SECTION)?;
         if self.max_packet < codec::MIN_PACKET {
             return Err(format!(
                 "bindings.obex.max_packet {} is below the OBEX minimum {}",
@@ -116,6 +126,7 @@ pub async fn build(
 
 pub struct ObexBinding {
     cfg: ObexConfig,
+    policy: TargetPolicy,
     tls: Option<tokio_rustls::TlsConnector>,
     deliveries: IntCounterVec,
     packets: IntCounter,
@@ -126,13 +137,12 @@ pub struct ObexBinding {
 /// Transport failure: always worth retrying later.
 #[derive(Debug, thiserror::Error)]
 enum Transport {
-    #[error("connect to {addr} failed: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("connect to {0} timed out")]
-    ConnectTimeout(String),
+    /// Refused, unreachable and timed out read the same, so that push events do not make the
+    /// gateway a port scanner (issue 12).
+    #[error("could not connect to {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Dns(String),
     #[error("TLS handshake with {addr} failed: {source}")]
     Tls {
         addr: String,
@@ -202,6 +212,9 @@ impl ObexBinding {
         registry.register(Box::new(latency.clone()))?;
         Ok(Self {
             cfg: cfg.clone(),
+            policy: TargetPolicy::new(
+                parse_allow_list(&cfg.allow_targets, SECTION).map_err(anyhow::Error::msg)?,
+            ),
             tls,
             deliveries,
             packets,
@@ -277,18 +290,21 @@ impl ObexBinding {
     ) -> Result<codec::PutDone, Failure> {
         let (host, port) = (address.host().to_owned(), address.port());
         let addr = format!("{host}:{port}");
+        // Only addresses allow_targets permits are connected to (DESIGN §10.3).
+        let addrs = match self.policy.resolve(&host, port, SECTION).await {
+            Ok(a) => a,
+            Err(ResolveError::Refused(r)) => return Err(Failure::Config(r.to_string())),
+            Err(e @ ResolveError::Dns { .. }) => {
+                return Err(Failure::Transport(Transport::Dns(e.to_string())));
+            }
+        };
         let tcp = tokio::time::timeout(
             Duration::from_millis(self.cfg.connect_timeout_ms),
-            TcpStream::connect((host.as_str(), port)),
+            TcpStream::connect(&addrs[..]),
         )
         .await
-        .map_err(|_| Failure::Transport(Transport::ConnectTimeout(addr.clone())))?
-        .map_err(|source| {
-            Failure::Transport(Transport::Connect {
-                addr: addr.clone(),
-                source,
-            })
-        })?;
+        .map_err(|_| Failure::Transport(Transport::Connect(addr.clone())))?
+        .map_err(|_| Failure::Transport(Transport::Connect(addr.clone())))?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
             None => {
@@ -305,7 +321,7 @@ impl ObexBinding {
                     conn.connect(name, tcp),
                 )
                 .await
-                .map_err(|_| Failure::Transport(Transport::ConnectTimeout(addr.clone())))?
+                .map_err(|_| Failure::Transport(Transport::Connect(addr.clone())))?
                 .map_err(|source| {
                     // A certificate the relay cannot make valid by waiting is permanent.
                     if source
@@ -418,6 +434,17 @@ impl Binding for ObexBinding {
                 self.cfg.target, self.cfg.max_packet
             ),
             units_hex: units.iter().map(hex::encode).collect(),
+        })
+    }
+
+    fn refused_target(&self, target: &DeviceBinding) -> Option<super::RefusedTarget> {
+        let DeviceBinding::Obex { address, .. } = target else {
+            return None;
+        };
+        let ip = self.policy.refused_host(address.host())?;
+        Some(super::RefusedTarget {
+            field: "address",
+            reason: TargetRefused::literal(ip, SECTION).to_string(),
         })
     }
 

@@ -20,6 +20,7 @@ use crate::codec::sip::{
     message::{self, MessageRequest, parse_response},
 };
 use crate::domain::SipAddress;
+use crate::net::targets::ResolveError;
 
 /// Where and how one request goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,16 +84,35 @@ impl SipBinding {
         })
     }
 
-    async fn resolve(&self, plan: &Plan, transport: Transport) -> Result<SocketAddr, LinkError> {
+    /// The next hop's address. A host contacted directly must be one `allow_targets` permits
+    /// (checked after DNS, DESIGN §10.3); the configured proxy is the operator's and is not
+    /// checked.
+    async fn resolve(&self, plan: &Plan, transport: Transport) -> Result<SocketAddr, Outcome> {
         let port = plan.hop.port.unwrap_or(transport.default_port());
         let host = plan.hop.host_unbracketed().to_string();
-        let fail = |reason: String| LinkError {
-            transport: transport.as_str(),
-            addr: SocketAddr::from(([0, 0, 0, 0], port)),
-            reason,
-            permanent: false,
+        let fail = |reason: String| Outcome::Transient {
+            reason: format!("{}: {reason}", transport.as_str()),
+            retry_after: None,
         };
-        // A records only: RFC 3263 NAPTR/SRV is out of scope (docs/decisions/sip.md).
+        if self.proxy.is_none() {
+            // A records only: RFC 3263 NAPTR/SRV is out of scope (docs/decisions/sip.md).
+            return match tokio::time::timeout(
+                self.timers.timer_f,
+                self.policy.resolve(&host, port, super::SECTION),
+            )
+            .await
+            {
+                Err(_) => Err(fail(format!("resolving {host} timed out"))),
+                Ok(Ok(addrs)) => addrs
+                    .first()
+                    .copied()
+                    .ok_or_else(|| fail(format!("{host} has no address"))),
+                Ok(Err(ResolveError::Refused(r))) => Err(Outcome::Permanent {
+                    reason: r.to_string(),
+                }),
+                Ok(Err(e)) => Err(fail(e.to_string())),
+            };
+        }
         let mut addrs = tokio::time::timeout(
             self.timers.timer_f,
             tokio::net::lookup_host((host.as_str(), port)),
@@ -126,7 +146,7 @@ impl SipBinding {
             let mut transport = plan.transport;
             let addr = match self.resolve(&plan, transport).await {
                 Ok(a) => a,
-                Err(e) => return self.link_outcome(e),
+                Err(outcome) => return outcome,
             };
             let req = |sent_by: &str, transport: Transport| {
                 MessageRequest {
@@ -219,7 +239,7 @@ impl SipBinding {
                         };
                     }
                     challenged = true;
-                    match self.answer_challenge(&resp, &plan.request_uri, &d.body) {
+                    match self.answer_challenge(&resp, &plan, addr, &d.body) {
                         Ok(a) => authorization = Some(a),
                         Err(reason) => return Outcome::Permanent { reason },
                     }
@@ -254,12 +274,25 @@ impl SipBinding {
         }
     }
 
+    /// Whether credential `i` may answer a challenge from the hop of `plan` at `addr`: the
+    /// configured proxy always (it is the operator's), a host contacted directly only when the
+    /// credential's `targets` name it (DESIGN §10.3).
+    fn credential_may_answer(&self, i: usize, plan: &Plan, addr: SocketAddr) -> bool {
+        self.proxy.is_some()
+            || self
+                .credential_targets
+                .get(i)
+                .is_some_and(|t| t.permits(plan.hop.host_unbracketed(), addr.ip()))
+    }
+
     fn answer_challenge(
         &self,
         resp: &Response,
-        request_uri: &str,
+        plan: &Plan,
+        addr: SocketAddr,
         body: &[u8],
     ) -> Result<(&'static str, String), String> {
+        let request_uri = plan.request_uri.as_str();
         let (hdr, answer) = if resp.status == 407 {
             ("proxy-authenticate", "Proxy-Authorization")
         } else {
@@ -275,12 +308,29 @@ impl SipBinding {
                     continue;
                 }
             };
-            let Some(cred) = self.cfg.credentials.iter().find(|c| c.realm == ch.realm) else {
+            let mut for_realm = self
+                .cfg
+                .credentials
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.realm == ch.realm)
+                .peekable();
+            if for_realm.peek().is_none() {
                 last_err = format!(
                     "SIP {}: no credentials for realm {:?}",
                     resp.status, ch.realm
                 );
                 continue;
+            }
+            let Some((_, cred)) =
+                for_realm.find(|(i, _)| self.credential_may_answer(*i, plan, addr))
+            else {
+                // The realm is the operator's but this host is not where its credentials go:
+                // answering would hand a digest of the operator's account to whoever runs it.
+                return Err(format!(
+                    "SIP {}: no credentials for this target",
+                    resp.status
+                ));
             };
             let cnonce = format!("{:016x}", rand::random::<u64>());
             let inp = DigestInput {

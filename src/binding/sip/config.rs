@@ -6,14 +6,65 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::sip::message;
 
-/// One set of digest credentials, chosen by the challenge's realm. The password never reaches a
-/// log (manual `Debug`).
+/// One set of digest credentials, chosen by the challenge's realm **and** by who challenges
+/// (DESIGN §10.3): they answer only the configured outbound proxy or a host in `targets`, so a
+/// tenant's device URI pointing at its own UAS cannot obtain a digest of the operator's account
+/// by challenging with the operator's realm. The password never reaches a log (manual `Debug`).
 #[derive(Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SipCredential {
     pub realm: String,
     pub username: String,
     pub password: String,
+    /// Hosts contacted directly that may be answered: host names (as in the device URI, case
+    /// insensitive) or CIDR ranges (matched against the address connected to). Empty: only the
+    /// configured proxy.
+    pub targets: Vec<String>,
+}
+
+/// A credential's `targets`, parsed.
+#[derive(Clone, Debug, Default)]
+pub(super) struct CredentialTargets {
+    names: Vec<String>,
+    nets: Vec<ipnet::IpNet>,
+}
+
+impl CredentialTargets {
+    pub(super) fn parse(c: &SipCredential) -> Result<Self, String> {
+        let mut t = Self::default();
+        for raw in &c.targets {
+            let s = raw.trim();
+            if let Ok(n) = s.parse::<ipnet::IpNet>() {
+                t.nets.push(n);
+            } else if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+                t.nets.push(ip.into());
+            } else if !s.is_empty()
+                && s.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '.' || ch == '-')
+            {
+                t.names.push(s.to_ascii_lowercase());
+            } else {
+                return Err(format!(
+                    "bindings.sip.credentials (realm {:?}): target {raw:?} is neither a host name nor a CIDR range",
+                    c.realm
+                ));
+            }
+        }
+        Ok(t)
+    }
+
+    /// Whether a challenge from `host` (the name or literal contacted) at `addr` may be answered.
+    pub(super) fn permits(&self, host: &str, addr: std::net::IpAddr) -> bool {
+        let addr = match addr {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(std::net::IpAddr::V4)
+                .unwrap_or(addr),
+            v4 => v4,
+        };
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(host))
+            || self.nets.iter().any(|n| n.contains(&addr))
+    }
 }
 
 impl fmt::Debug for SipCredential {
@@ -22,6 +73,7 @@ impl fmt::Debug for SipCredential {
             .field("realm", &self.realm)
             .field("username", &self.username)
             .field("password", &"<redacted>")
+            .field("targets", &self.targets)
             .finish()
     }
 }
@@ -67,6 +119,10 @@ pub struct SipConfig {
     /// Requests larger than this go over TCP (RFC 3261 §18.1.1: 1300 when the MTU is unknown).
     pub udp_max_request: usize,
     pub credentials: Vec<SipCredential>,
+    /// Device URI hosts allowed besides public unicast addresses (CIDR list, the same semantics
+    /// as `[bindings.http] allow_targets`, DESIGN §10.3). Only hosts contacted directly are
+    /// checked: a configured `proxy` is the operator's and is not.
+    pub allow_targets: Vec<String>,
 }
 
 impl Default for SipConfig {
@@ -94,6 +150,7 @@ impl Default for SipConfig {
             max_forwards: 70,
             udp_max_request: message::UDP_MAX_REQUEST,
             credentials: Vec::new(),
+            allow_targets: Vec::new(),
         }
     }
 }

@@ -28,8 +28,12 @@ use tokio_util::sync::CancellationToken;
 use self::transport::Pool;
 use super::{
     Binding, BindingContext, BindingKind, CannotCarry, ContentType, Delivery, DeviceBinding,
-    Outcome, Preview,
+    Outcome, Preview, RefusedTarget,
 };
+use crate::net::targets::{TargetPolicy, TargetRefused, parse_allow_list};
+
+/// The config section named in refusals.
+const SECTION: &str = "bindings.sip";
 use crate::codec::sip::{
     SipUri, Timers, Transport,
     message::{self, MessageRequest},
@@ -106,6 +110,10 @@ pub struct SipBinding {
     proxy: Option<SipUri>,
     route: Vec<String>,
     pool: Pool,
+    /// `allow_targets` for hosts contacted directly (not the configured proxy).
+    policy: TargetPolicy,
+    /// Each credential's `targets`, in `cfg.credentials` order.
+    credential_targets: Vec<config::CredentialTargets>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     epoch: Instant,
@@ -183,6 +191,15 @@ impl SipBinding {
             proxy,
             route,
             pool,
+            credential_targets: cfg
+                .credentials
+                .iter()
+                .map(config::CredentialTargets::parse)
+                .collect::<Result<_, _>>()
+                .map_err(anyhow::Error::msg)?,
+            policy: TargetPolicy::new(
+                parse_allow_list(&cfg.allow_targets, SECTION).map_err(anyhow::Error::msg)?,
+            ),
             metrics,
             shutdown: ctx.shutdown.clone(),
             epoch: Instant::now(),
@@ -243,6 +260,23 @@ impl Binding for SipBinding {
                 wire.len()
             ),
             units_hex: vec![hex::encode(&wire)],
+        })
+    }
+
+    fn refused_target(&self, target: &DeviceBinding) -> Option<RefusedTarget> {
+        // A configured proxy is the operator's: it is the only host contacted.
+        if self.proxy.is_some() {
+            return None;
+        }
+        let DeviceBinding::Sip { gruu, .. } = target else {
+            return None;
+        };
+        let plan = self.plan(target, None).ok()?;
+        let ip = self.policy.refused_host(plan.hop.host_unbracketed())?;
+        Some(RefusedTarget {
+            // The GRUU, when given, is the Request-URI and so the host contacted.
+            field: if gruu.is_some() { "gruu" } else { "uri" },
+            reason: TargetRefused::literal(ip, SECTION).to_string(),
         })
     }
 
@@ -341,7 +375,8 @@ mod tests {
             SipCredential {
                 realm: "r".into(),
                 username: "u".into(),
-                password: "hunter2".into()
+                password: "hunter2".into(),
+                targets: vec![],
             }
         );
         assert!(!dbg.contains("hunter2"));

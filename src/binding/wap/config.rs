@@ -53,6 +53,9 @@ pub struct WapConfig {
     pub push_flag: Option<u8>,
     /// Local address of the UDP bearer's socket, e.g. "0.0.0.0:9200" (source port 9200).
     pub udp_bind: SocketAddr,
+    /// Addresses the UDP bearer may send to besides public unicast ones (CIDR list, the same
+    /// semantics as `[bindings.http] allow_targets`, DESIGN §10.3), e.g. `["10.20.0.0/16"]`.
+    pub allow_targets: Vec<String>,
     /// Destination port when a UDP binding address has none.
     pub udp_default_port: u16,
     pub ambiguous: AmbiguousPolicy,
@@ -81,6 +84,7 @@ impl Default for WapConfig {
             initiator_uri: None,
             push_flag: None,
             udp_bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            allow_targets: Vec::new(),
             udp_default_port: sms::PORT_WAP_PUSH,
             ambiguous: AmbiguousPolicy::Resend,
             deliver_timeout_ms: 90_000,

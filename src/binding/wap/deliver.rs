@@ -6,9 +6,10 @@ use std::{sync::atomic::Ordering, time::Duration};
 use tokio::{sync::oneshot, time::timeout};
 
 use super::plan::{EncodeError, Plan, plan, submit_sm, validity};
-use super::{AmbiguousPolicy, SegResult, SmscConfig, WapBinding, session};
+use super::{AmbiguousPolicy, SECTION, SegResult, SmscConfig, WapBinding, session};
 use crate::binding::{Delivery, NextHopRef, Outcome};
 use crate::codec::{smpp, sms};
+use crate::net::targets::TargetRefused;
 
 impl WapBinding {
     async fn deliver_sms(
@@ -176,9 +177,23 @@ impl WapBinding {
         };
         match p {
             Plan::Udp { addr, datagram } => {
-                let Some(sock) = &self.udp else {
+                // Checked again at send time: the list may have narrowed since submit.
+                if !self.policy.permits(addr.ip()) {
                     return Outcome::Permanent {
-                        reason: "UDP bearer socket unavailable".into(),
+                        reason: TargetRefused::literal(addr.ip(), SECTION).to_string(),
+                    };
+                }
+                let sock = if addr.is_ipv6() {
+                    &self.udp6
+                } else {
+                    &self.udp
+                };
+                let Some(sock) = sock else {
+                    return Outcome::Permanent {
+                        reason: format!(
+                            "no IPv{} UDP bearer socket on this gateway",
+                            if addr.is_ipv6() { 6 } else { 4 }
+                        ),
                     };
                 };
                 match timeout(Duration::from_secs(5), sock.send_to(&datagram, addr)).await {

@@ -35,8 +35,12 @@ use tokio::net::UdpSocket;
 
 use super::{
     Binding, BindingContext, BindingKind, CannotCarry, ContentType, Delivery, DeviceBinding,
-    NotReady, Outcome, Preview, Signature, WapBearer,
+    NotReady, Outcome, Preview, RefusedTarget, Signature, WapBearer,
 };
+use crate::net::targets::{TargetPolicy, TargetRefused, parse_allow_list};
+
+/// The config section named in refusals.
+const SECTION: &str = "bindings.wap";
 
 /// The binding.
 pub struct WapBinding {
@@ -44,6 +48,10 @@ pub struct WapBinding {
     smscs: Vec<session::SmscHandle>,
     metrics: metrics::SmppMetrics,
     udp: Option<UdpSocket>,
+    /// The IPv6 socket for IPv6 UDP targets (`udp_bind`'s port on `[::]`, or on the address
+    /// itself when `udp_bind` is IPv6); `None` when the host has no IPv6.
+    udp6: Option<UdpSocket>,
+    policy: TargetPolicy,
     counter: AtomicU16,
 }
 
@@ -92,6 +100,21 @@ impl Binding for WapBinding {
         Ok(Preview {
             summary,
             units_hex: units.iter().map(hex::encode).collect(),
+        })
+    }
+
+    fn refused_target(&self, target: &DeviceBinding) -> Option<RefusedTarget> {
+        // The address is checked whatever the bearer: it is kept, and a later bearer change
+        // would use it.
+        let DeviceBinding::Wap {
+            address: Some(a), ..
+        } = target
+        else {
+            return None;
+        };
+        (!self.policy.permits(a.ip())).then(|| RefusedTarget {
+            field: "address",
+            reason: TargetRefused::literal(a.ip(), SECTION).to_string(),
         })
     }
 
@@ -188,9 +211,34 @@ pub async fn build_wap(
     }
     let metrics = metrics::SmppMetrics::register(&ctx.registry)
         .context("registering dmpushd_smpp_* metrics")?;
-    let udp = UdpSocket::bind(cfg.udp_bind)
-        .await
-        .with_context(|| format!("binding the UDP bearer socket on {}", cfg.udp_bind))?;
+    let policy = TargetPolicy::new(
+        parse_allow_list(&cfg.allow_targets, SECTION).map_err(anyhow::Error::msg)?,
+    );
+    let (udp, udp6) = if cfg.udp_bind.is_ipv6() {
+        let s = UdpSocket::bind(cfg.udp_bind)
+            .await
+            .with_context(|| format!("binding the UDP bearer socket on {}", cfg.udp_bind))?;
+        (None, Some(s))
+    } else {
+        let s = UdpSocket::bind(cfg.udp_bind)
+            .await
+            .with_context(|| format!("binding the UDP bearer socket on {}", cfg.udp_bind))?;
+        // IPv6 targets need an IPv6 socket: the same port on `[::]` when it is free (a
+        // dual-stack socket may collide with the IPv4 one), else any port; a host without IPv6
+        // fails IPv6 targets permanently at send time.
+        let any6 = std::net::Ipv6Addr::UNSPECIFIED;
+        let v6 = match UdpSocket::bind((any6, cfg.udp_bind.port())).await {
+            Ok(s) => Some(s),
+            Err(_) => match UdpSocket::bind((any6, 0)).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::info!(error = %e, "no IPv6 UDP bearer socket; IPv6 UDP targets will fail");
+                    None
+                }
+            },
+        };
+        (Some(s), v6)
+    };
     // TLS settings are checked before any session starts.
     let tls = cfg
         .smsc
@@ -216,7 +264,9 @@ pub async fn build_wap(
         cfg: cfg.clone(),
         smscs,
         metrics,
-        udp: Some(udp),
+        udp,
+        udp6,
+        policy,
         counter: AtomicU16::new(rand::random()),
     })))
 }

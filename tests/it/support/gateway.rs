@@ -32,7 +32,15 @@ pub fn settings(dir: &std::path::Path) -> Settings {
             ..Default::default()
         },
     ];
-    s.bindings.http.allow_targets = vec!["127.0.0.0/8".into()];
+    // Loopback peers: every binding must be told they are allowed (DESIGN §10.3).
+    for allow in [
+        &mut s.bindings.http.allow_targets,
+        &mut s.bindings.wap.allow_targets,
+        &mut s.bindings.sip.allow_targets,
+        &mut s.bindings.obex.allow_targets,
+    ] {
+        *allow = vec!["127.0.0.0/8".into()];
+    }
     s.bindings.http.timeout_seconds = 5;
     s.queue.backoff_base_ms = 200;
     s.queue.backoff_max_ms = 1000;
