@@ -21,6 +21,7 @@ pub mod devices;
 pub mod openapi;
 pub mod problem;
 pub mod pushes;
+pub mod serve;
 pub mod validate;
 pub mod webhooks;
 

@@ -37,6 +37,16 @@ pub struct ServerConfig {
     /// Seconds allowed for in-flight deliveries to finish on SIGTERM before their leases are
     /// released.
     pub shutdown_grace_seconds: u64,
+    /// Seconds a client has to send a request's headers (from connecting, or from the end of its
+    /// previous response); a slow or silent client is disconnected after this (DESIGN §10.3).
+    pub header_timeout_seconds: u64,
+    /// Seconds a request may take end to end (reading the body included) before it gets 503.
+    pub request_timeout_seconds: u64,
+    /// Open API connections at most; a connection beyond the cap gets 503 and is closed.
+    pub max_connections: usize,
+    /// Requests handled at once; a request beyond this gets 503 with `Retry-After` at once
+    /// (load shedding) instead of waiting in an unbounded queue.
+    pub max_inflight_requests: usize,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +56,10 @@ impl Default for ServerConfig {
             body_limit_bytes: 1024 * 1024,
             max_payload_bytes: 64 * 1024,
             shutdown_grace_seconds: 10,
+            header_timeout_seconds: 10,
+            request_timeout_seconds: 30,
+            max_connections: 10_000,
+            max_inflight_requests: 1024,
         }
     }
 }
@@ -208,6 +222,13 @@ impl Settings {
         }
         if self.queue.max_attempts == 0 {
             return bad("queue.max_attempts must be at least 1".into());
+        }
+        if self.server.header_timeout_seconds == 0
+            || self.server.request_timeout_seconds == 0
+            || self.server.max_connections == 0
+            || self.server.max_inflight_requests == 0
+        {
+            return bad("server.header_timeout_seconds, request_timeout_seconds, max_connections and max_inflight_requests must be at least 1".into());
         }
         if self.queue.lease_seconds == 0 {
             return bad("queue.lease_seconds must be at least 1".into());

@@ -16,6 +16,7 @@ mod support;
 
 // The REST API end to end, one module per binding behind it.
 mod api_http;
+mod api_limits;
 mod api_sip;
 mod api_wap;
 
