@@ -67,6 +67,7 @@ impl App {
                     max: Duration::from_millis(q.backoff_max_ms.max(q.backoff_base_ms)),
                 },
                 per_target: q.per_target_concurrency,
+                tenant_max_inflight: q.tenant_max_inflight(),
                 grace: Duration::from_secs(settings.server.shutdown_grace_seconds),
                 attempt_timeout: Duration::from_secs(300),
                 receipt_grace: Duration::from_secs(q.receipt_grace_seconds),

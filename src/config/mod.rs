@@ -87,6 +87,9 @@ pub struct QueueConfig {
     pub poll_interval_ms: u64,
     /// Concurrent deliveries to one target (device address).
     pub per_target_concurrency: usize,
+    /// One tenant's deliveries in flight at most (per replica); default half of `workers`, so
+    /// that one tenant's backlog never takes every worker (DESIGN §10.3).
+    pub tenant_max_inflight: Option<usize>,
     /// Replica id used as lease owner; default: hostname-pid-random.
     pub replica_id: Option<String>,
     /// Seconds after a push's `expires_at` that an `accepted` push (receipt requested) still
@@ -107,9 +110,17 @@ impl Default for QueueConfig {
             max_ttl_seconds: 30 * 86_400,
             poll_interval_ms: 1000,
             per_target_concurrency: 4,
+            tenant_max_inflight: None,
             replica_id: None,
             receipt_grace_seconds: crate::queue::dispatcher::DEFAULT_RECEIPT_GRACE.as_secs(),
         }
+    }
+}
+
+impl QueueConfig {
+    /// `tenant_max_inflight`, or its default: half the workers (at least 1).
+    pub fn tenant_max_inflight(&self) -> usize {
+        self.tenant_max_inflight.unwrap_or(self.workers / 2).max(1)
     }
 }
 

@@ -49,6 +49,9 @@ mod sip_uas_misbehave;
 // Push outcomes end to end: unconfirmed, receipt correlation, fallback on a failed receipt.
 mod outcomes;
 
+// Per-tenant fairness in the dispatcher (issue 12).
+mod fairness;
+
 // Store.
 mod store_conformance;
 mod store_postgres;
