@@ -49,7 +49,8 @@ mod sip_uas_misbehave;
 // Push outcomes end to end: unconfirmed, receipt correlation, fallback on a failed receipt.
 mod outcomes;
 
-// Per-tenant fairness in the dispatcher (issue 12).
+// Per-tenant fairness in the dispatcher; bounded label sets and buffers (issue 12).
+mod bounded;
 mod fairness;
 
 // Store.
