@@ -320,10 +320,13 @@ impl Dispatcher {
                     }
                 }
             }
-            // Deferred pushes are written back, so the next claim finds others; a pause bounds
-            // how fast a tenant's backlog is cycled through while it stays at its cap.
+            // Deferred pushes are written back, so the next claim finds others. Claim again when
+            // an attempt ends (a tenant or target slot is free again) or after a short pause:
+            // this bounds how fast a backlog is cycled through while its tenant stays at its cap,
+            // without leaving freed workers idle.
             if deferred_any {
                 tokio::select! {
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {},
                     _ = tokio::time::sleep(DEFER_PAUSE) => {},
                     _ = shutdown.cancelled() => break,
                 }
