@@ -108,6 +108,12 @@ impl App {
             },
             depth_refreshed: Arc::default(),
             webhooks: targets,
+            rate: Arc::new(api::ratelimit::RateLimits::new(
+                settings
+                    .tenants
+                    .iter()
+                    .filter_map(|t| t.max_pushes_per_second.map(|r| (t.name.clone(), r))),
+            )),
         };
         let srv = &settings.server;
         let serve_limits = api::serve::ServeLimits {

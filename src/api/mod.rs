@@ -21,6 +21,7 @@ pub mod devices;
 pub mod openapi;
 pub mod problem;
 pub mod pushes;
+pub mod ratelimit;
 pub mod serve;
 pub mod validate;
 pub mod webhooks;
@@ -77,6 +78,8 @@ pub struct ApiState {
     pub depth_refreshed: Arc<std::sync::Mutex<Option<Instant>>>,
     /// Tenants' webhook targets and the target policy (submit-time resolution, issue 11).
     pub webhooks: Arc<crate::webhook::Targets>,
+    /// `[[tenants]] max_pushes_per_second` buckets (DESIGN §10.3).
+    pub rate: Arc<ratelimit::RateLimits>,
 }
 
 /// The authenticated tenant of a request.
@@ -96,6 +99,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/pushes/preview", post(pushes::preview))
         .route("/v1/pushes/{id}", get(pushes::get).delete(pushes::cancel))
         .route("/v1/pushes/{id}/webhooks/retry", post(webhooks::retry))
+        // Inner: runs after `auth` has named the tenant.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))

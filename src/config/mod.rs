@@ -141,6 +141,10 @@ pub struct TenantConfig {
     /// `whsec_` + base64 key that signs this tenant's webhooks (a secret: redacted in output).
     #[serde(default)]
     pub webhook_secret: Option<String>,
+    /// Pushes per second this tenant may submit (a batch counts each push); above it the API
+    /// answers 429 with `Retry-After`. Unset: no limit.
+    #[serde(default)]
+    pub max_pushes_per_second: Option<f64>,
 }
 
 impl std::fmt::Debug for TenantConfig {
@@ -264,6 +268,14 @@ impl Settings {
                 && let Err(e) = crate::webhook::Secret::parse(s)
             {
                 return bad(format!("tenants[{}].webhook_secret: {e}", t.name));
+            }
+            if let Some(r) = t.max_pushes_per_second
+                && !(r.is_finite() && r > 0.0)
+            {
+                return bad(format!(
+                    "tenants[{}].max_pushes_per_second must be a positive number",
+                    t.name
+                ));
             }
             if t.webhook_url.is_some() && t.webhook_secret.is_none() {
                 return bad(format!(

@@ -219,3 +219,67 @@ fn sigterm_exits_within_grace_whatever_connections_are_open() {
         .unwrap_or_else(|| panic!("still running {:?} after SIGTERM", start.elapsed()));
     assert!(st.success(), "exit status {st}");
 }
+
+/// `[[tenants]] max_pushes_per_second`: above the rate a tenant gets 429 with `Retry-After`;
+/// another tenant is not affected (the bucket is per tenant).
+#[tokio::test]
+async fn a_tenant_above_its_push_rate_gets_429_with_retry_after() {
+    use crate::support::gateway::{Gateway, TOKEN_A, TOKEN_B, settings};
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.tenants[0].max_pushes_per_second = Some(5.0);
+    let gw = Gateway::start_with(s, Some(dir)).await;
+    let push = serde_json::json!({
+        "bindings": [{"type": "http", "url": "https://127.0.0.1:9/p"}],
+        "content_type": "application/vnd.syncml.notification",
+        "body_base64": "AAAA",
+    });
+    let mut codes = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..12 {
+        let r = gw
+            .http
+            .post(format!("{}/v1/pushes", gw.base))
+            .bearer_auth(TOKEN_A)
+            .json(&push)
+            .send()
+            .await
+            .unwrap();
+        codes.push(r.status().as_u16());
+        if r.status() == 429 {
+            retry_after = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+        }
+    }
+    let accepted = codes.iter().filter(|c| **c == 202).count();
+    assert!((5..=7).contains(&accepted), "{codes:?}");
+    assert!(codes.contains(&429), "{codes:?}");
+    assert!(matches!(retry_after, Some(1..=2)), "{retry_after:?}");
+    // Tenant B has no limit of its own and is not charged for A.
+    for _ in 0..12 {
+        let (st, b) = gw
+            .call("POST", "/v1/pushes", Some(TOKEN_B), Some(push.clone()))
+            .await;
+        assert_eq!(st, 202, "{b}");
+    }
+    // A batch counts each push: 5 items on a drained bucket are refused.
+    let (st, _) = gw
+        .call(
+            "POST",
+            "/v1/pushes/batch",
+            Some(TOKEN_A),
+            Some(serde_json::json!([
+                push.clone(),
+                push.clone(),
+                push.clone(),
+                push.clone(),
+                push
+            ])),
+        )
+        .await;
+    assert_eq!(st, 429);
+    gw.stop().await;
+}
