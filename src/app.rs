@@ -19,6 +19,7 @@ use crate::{
 pub struct App {
     listener: TcpListener,
     router: axum::Router,
+    serve_limits: api::serve::ServeLimits,
     dispatcher: Dispatcher,
     receipts: mpsc::Receiver<binding::Receipt>,
     bindings_shutdown: CancellationToken,
@@ -67,6 +68,7 @@ impl App {
                     max: Duration::from_millis(q.backoff_max_ms.max(q.backoff_base_ms)),
                 },
                 per_target: q.per_target_concurrency,
+                tenant_max_inflight: q.tenant_max_inflight(),
                 grace: Duration::from_secs(settings.server.shutdown_grace_seconds),
                 attempt_timeout: Duration::from_secs(300),
                 receipt_grace: Duration::from_secs(q.receipt_grace_seconds),
@@ -109,8 +111,22 @@ impl App {
             webhooks: targets,
             admins: Arc::new(admins(&settings)),
             replica_id: owner.as_str().into(),
+            rate: Arc::new(api::ratelimit::RateLimits::new(
+                settings
+                    .tenants
+                    .iter()
+                    .filter_map(|t| t.max_pushes_per_second.map(|r| (t.name.clone(), r))),
+            )),
         };
-        let router = api::router(state);
+        let srv = &settings.server;
+        let serve_limits = api::serve::ServeLimits {
+            header_timeout: Duration::from_secs(srv.header_timeout_seconds),
+            request_timeout: Duration::from_secs(srv.request_timeout_seconds),
+            max_connections: srv.max_connections,
+            max_inflight_requests: srv.max_inflight_requests,
+            grace: Duration::from_secs(srv.shutdown_grace_seconds),
+        };
+        let router = api::serve::layers(api::router(state), &serve_limits);
         let listener = TcpListener::bind(settings.server.listen).await?;
         tracing::info!(
             message = "dmpushd ready.",
@@ -121,6 +137,7 @@ impl App {
         Ok(Self {
             listener,
             router,
+            serve_limits,
             dispatcher,
             receipts,
             bindings_shutdown,
@@ -139,6 +156,7 @@ impl App {
         let Self {
             listener,
             router,
+            serve_limits,
             dispatcher,
             receipts,
             bindings_shutdown,
@@ -150,13 +168,20 @@ impl App {
         let webhooks = tokio::spawn(webhooks.run(webhooks_stop.clone()));
         let dispatch_stop = CancellationToken::new();
         let dispatch = tokio::spawn(dispatcher.run(receipts, dispatch_stop.clone()));
-        let server_stop = shutdown.clone();
-        let server = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { server_stop.cancelled().await });
-        let served = server.await;
+        // The server stops accepting on `shutdown` and drains its connections (bounded by the
+        // grace) while deliveries drain, so SIGTERM ends within the grace plus a little
+        // whatever clients keep open (DESIGN §10.3).
+        let server = tokio::spawn(api::serve::serve(
+            listener,
+            router,
+            serve_limits,
+            shutdown.clone(),
+        ));
+        shutdown.cancelled().await;
         tracing::info!(message = "API stopped accepting; draining deliveries.");
         dispatch_stop.cancel();
         let _ = dispatch.await;
+        let served = server.await;
         webhooks_stop.cancel();
         let _ = webhooks.await;
         bindings_shutdown.cancel();

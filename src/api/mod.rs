@@ -22,6 +22,8 @@ pub mod devices;
 pub mod openapi;
 pub mod problem;
 pub mod pushes;
+pub mod ratelimit;
+pub mod serve;
 pub mod validate;
 pub mod webhooks;
 
@@ -81,6 +83,8 @@ pub struct ApiState {
     pub admins: Arc<Tenants>,
     /// This replica's lease-owner id (admin status).
     pub replica_id: Arc<str>,
+    /// `[[tenants]] max_pushes_per_second` buckets (DESIGN §10.3).
+    pub rate: Arc<ratelimit::RateLimits>,
 }
 
 /// The authenticated tenant of a request.
@@ -100,6 +104,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/pushes/preview", post(pushes::preview))
         .route("/v1/pushes/{id}", get(pushes::get).delete(pushes::cancel))
         .route("/v1/pushes/{id}/webhooks/retry", post(webhooks::retry))
+        // Inner: runs after `auth` has named the tenant.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let admin = Router::new()
         .route("/v1/admin/status", get(admin::status))

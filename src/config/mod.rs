@@ -42,6 +42,16 @@ pub struct ServerConfig {
     /// Seconds allowed for in-flight deliveries to finish on SIGTERM before their leases are
     /// released.
     pub shutdown_grace_seconds: u64,
+    /// Seconds a client has to send a request's headers (from connecting, or from the end of its
+    /// previous response); a slow or silent client is disconnected after this (DESIGN §10.3).
+    pub header_timeout_seconds: u64,
+    /// Seconds a request may take end to end (reading the body included) before it gets 503.
+    pub request_timeout_seconds: u64,
+    /// Open API connections at most; a connection beyond the cap gets 503 and is closed.
+    pub max_connections: usize,
+    /// Requests handled at once; a request beyond this gets 503 with `Retry-After` at once
+    /// (load shedding) instead of waiting in an unbounded queue.
+    pub max_inflight_requests: usize,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +62,10 @@ impl Default for ServerConfig {
             body_limit_bytes: 1024 * 1024,
             max_payload_bytes: 64 * 1024,
             shutdown_grace_seconds: 10,
+            header_timeout_seconds: 10,
+            request_timeout_seconds: 30,
+            max_connections: 10_000,
+            max_inflight_requests: 1024,
         }
     }
 }
@@ -79,6 +93,9 @@ pub struct QueueConfig {
     pub poll_interval_ms: u64,
     /// Concurrent deliveries to one target (device address).
     pub per_target_concurrency: usize,
+    /// One tenant's deliveries in flight at most (per replica); default half of `workers`, so
+    /// that one tenant's backlog never takes every worker (DESIGN §10.3).
+    pub tenant_max_inflight: Option<usize>,
     /// Replica id used as lease owner; default: hostname-pid-random.
     pub replica_id: Option<String>,
     /// Seconds after a push's `expires_at` that an `accepted` push (receipt requested) still
@@ -99,9 +116,17 @@ impl Default for QueueConfig {
             max_ttl_seconds: 30 * 86_400,
             poll_interval_ms: 1000,
             per_target_concurrency: 4,
+            tenant_max_inflight: None,
             replica_id: None,
             receipt_grace_seconds: crate::queue::dispatcher::DEFAULT_RECEIPT_GRACE.as_secs(),
         }
+    }
+}
+
+impl QueueConfig {
+    /// `tenant_max_inflight`, or its default: half the workers (at least 1).
+    pub fn tenant_max_inflight(&self) -> usize {
+        self.tenant_max_inflight.unwrap_or(self.workers / 2).max(1)
     }
 }
 
@@ -122,6 +147,10 @@ pub struct TenantConfig {
     /// `whsec_` + base64 key that signs this tenant's webhooks (a secret: redacted in output).
     #[serde(default)]
     pub webhook_secret: Option<String>,
+    /// Pushes per second this tenant may submit (a batch counts each push); above it the API
+    /// answers 429 with `Retry-After`. Unset: no limit.
+    #[serde(default)]
+    pub max_pushes_per_second: Option<f64>,
 }
 
 impl std::fmt::Debug for TenantConfig {
@@ -252,6 +281,13 @@ impl Settings {
         if self.queue.max_attempts == 0 {
             return bad("queue.max_attempts must be at least 1".into());
         }
+        if self.server.header_timeout_seconds == 0
+            || self.server.request_timeout_seconds == 0
+            || self.server.max_connections == 0
+            || self.server.max_inflight_requests == 0
+        {
+            return bad("server.header_timeout_seconds, request_timeout_seconds, max_connections and max_inflight_requests must be at least 1".into());
+        }
         if self.queue.lease_seconds == 0 {
             return bad("queue.lease_seconds must be at least 1".into());
         }
@@ -275,6 +311,14 @@ impl Settings {
                 && let Err(e) = crate::webhook::Secret::parse(s)
             {
                 return bad(format!("tenants[{}].webhook_secret: {e}", t.name));
+            }
+            if let Some(r) = t.max_pushes_per_second
+                && !(r.is_finite() && r > 0.0)
+            {
+                return bad(format!(
+                    "tenants[{}].max_pushes_per_second must be a positive number",
+                    t.name
+                ));
             }
             if t.webhook_url.is_some() && t.webhook_secret.is_none() {
                 return bad(format!(

@@ -68,6 +68,8 @@ pub struct DispatcherConfig {
     pub poll: Duration,
     pub retry: RetryPolicy,
     pub per_target: usize,
+    /// `queue.tenant_max_inflight`: one tenant's attempts in flight at most (DESIGN §10.3).
+    pub tenant_max_inflight: usize,
     pub grace: Duration,
     /// Upper bound on one attempt; a binding that hangs longer yields a transient failure.
     pub attempt_timeout: Duration,
@@ -94,6 +96,7 @@ pub struct Dispatcher {
     cfg: DispatcherConfig,
     inflight: Arc<Mutex<HashSet<String>>>,
     targets: Arc<TargetLimiter>,
+    tenants: Arc<TenantLimiter>,
 }
 
 impl Dispatcher {
@@ -104,6 +107,10 @@ impl Dispatcher {
         cfg: DispatcherConfig,
     ) -> Self {
         let targets = Arc::new(TargetLimiter::new(cfg.per_target.max(1)));
+        let tenants = Arc::new(TenantLimiter {
+            limit: cfg.tenant_max_inflight.max(1),
+            counts: Mutex::default(),
+        });
         Self {
             store,
             bindings,
@@ -111,6 +118,7 @@ impl Dispatcher {
             cfg,
             inflight: Arc::default(),
             targets,
+            tenants,
         }
     }
 
@@ -263,18 +271,85 @@ impl Dispatcher {
                     );
                 }
             }
+            // Fairness (DESIGN §10.3): a push runs only if its tenant is under its in-flight cap
+            // and its target has a free slot, so that no worker ever waits for either (one
+            // tenant flooding a black-holed target used to hold every worker). The others go
+            // back to the queue a little later, behind other tenants' due pushes.
+            let mut runnable = Vec::with_capacity(claimed.len());
+            let mut deferred = Vec::new();
+            for push in claimed {
+                match self.slots(&push) {
+                    Some(slots) => runnable.push((push, slots)),
+                    None => deferred.push(push),
+                }
+            }
             {
                 let mut inflight = lock(&self.inflight);
-                for c in &claimed {
+                for (c, _) in &runnable {
                     inflight.insert(c.id.clone());
                 }
                 self.metrics.leases_held.set(inflight.len() as i64);
             }
-            for (push, permit) in claimed.into_iter().zip(permits.drain(..)) {
-                tasks.spawn(self.clone().attempt(push, permit, done.clone()));
+            for ((push, slots), permit) in runnable.into_iter().zip(permits.drain(..)) {
+                tasks.spawn(self.clone().attempt(push, (permit, slots), done.clone()));
+            }
+            // The permits of deferred pushes are free again at once.
+            drop(permits);
+            let deferred_any = !deferred.is_empty();
+            if deferred_any {
+                tracing::debug!(
+                    message = "Deferred pushes whose tenant or target is busy.",
+                    count = deferred.len()
+                );
+                let now = now_ms();
+                for push in deferred {
+                    let jitter = rand::random::<u64>() % DEFER_JITTER_MS;
+                    let c = Completion {
+                        push_id: push.id,
+                        owner: self.cfg.owner.clone(),
+                        attempt: push.attempt,
+                        binding: None,
+                        at_ms: now,
+                        next: Next::Requeue {
+                            at_ms: now + (DEFER_MS + jitter) as i64,
+                        },
+                        detail: String::new(),
+                    };
+                    if done.send(c).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            // Deferred pushes are written back, so the next claim finds others. Claim again when
+            // an attempt ends (a tenant or target slot is free again) or after a short pause:
+            // this bounds how fast a backlog is cycled through while its tenant stays at its cap,
+            // without leaving freed workers idle.
+            if deferred_any {
+                tokio::select! {
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {},
+                    _ = tokio::time::sleep(DEFER_PAUSE) => {},
+                    _ = shutdown.cancelled() => break,
+                }
             }
         }
         tasks
+    }
+
+    /// The tenant and target slots `push` needs to run now, or `None` when either is taken. A
+    /// push that cannot reach a binding (expired, none configured) needs no target slot: its
+    /// attempt ends at once.
+    fn slots(&self, push: &Claimed) -> Option<Slots> {
+        let tenant = self.tenants.try_acquire(&push.tenant)?;
+        let target = match pick_binding(push, |k| self.bindings.get(k).is_some()) {
+            Ok((_, target)) if push.expires_at_ms > now_ms() => {
+                Some(self.targets.try_acquire(target_key(target))?)
+            }
+            _ => None,
+        };
+        Some(Slots {
+            _tenant: tenant,
+            _target: target,
+        })
     }
 
     /// One attempt for one leased push. Everything it does, the binding's work included, runs
@@ -282,7 +357,7 @@ impl Dispatcher {
     async fn attempt(
         self: Arc<Self>,
         push: Claimed,
-        permit: OwnedSemaphorePermit,
+        permit: (OwnedSemaphorePermit, Slots),
         done: mpsc::Sender<Completion>,
     ) {
         let span = tracing::info_span!(
@@ -328,7 +403,7 @@ impl Dispatcher {
     async fn attempt_in_span(
         self: Arc<Self>,
         push: Claimed,
-        _permit: OwnedSemaphorePermit,
+        _permits: (OwnedSemaphorePermit, Slots),
         done: mpsc::Sender<Completion>,
     ) {
         // However the attempt ends (outcome sent, a panic outside the binding, or an abort at
@@ -368,7 +443,6 @@ impl Dispatcher {
                     ),
                     Some(binding) => {
                         let kind = target.kind();
-                        let _slot = self.targets.acquire(target_key(target)).await;
                         let start = Instant::now();
                         // A registered device's secrets are not in the push row: take them from
                         // the device now (issue 12). No device: the push fails permanently.
@@ -802,24 +876,77 @@ fn target_key(t: &DeviceBinding) -> String {
     }
 }
 
+/// How long a deferred push waits before it is due again (plus up to [`DEFER_JITTER_MS`], so
+/// that a flood of deferred pushes does not come back in one claim).
+const DEFER_MS: u64 = 1000;
+const DEFER_JITTER_MS: u64 = 1000;
+/// Pause of the claim loop after a claim that deferred pushes.
+const DEFER_PAUSE: Duration = Duration::from_millis(50);
+
+/// What a running attempt holds besides its worker permit.
+struct Slots {
+    _tenant: TenantSlot,
+    _target: Option<TargetSlot>,
+}
+
+/// At most `limit` attempts in flight per tenant; entries vanish at zero.
+struct TenantLimiter {
+    limit: usize,
+    counts: Mutex<HashMap<String, usize>>,
+}
+
+struct TenantSlot {
+    limiter: Arc<TenantLimiter>,
+    tenant: String,
+}
+
+impl TenantLimiter {
+    fn try_acquire(self: &Arc<Self>, tenant: &str) -> Option<TenantSlot> {
+        let mut counts = lock(&self.counts);
+        let n = counts.entry(tenant.to_owned()).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(TenantSlot {
+            limiter: self.clone(),
+            tenant: tenant.to_owned(),
+        })
+    }
+}
+
+impl Drop for TenantSlot {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.limiter.counts);
+        if let Some(n) = counts.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.tenant);
+            }
+        }
+    }
+}
+
 /// At most `limit` concurrent attempts per target; entries vanish when unused.
 struct TargetLimiter {
     limit: usize,
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
-struct TargetSlot<'a> {
-    limiter: &'a TargetLimiter,
+struct TargetSlot {
+    limiter: Arc<TargetLimiter>,
     key: String,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
-impl Drop for TargetSlot<'_> {
+impl Drop for TargetSlot {
     fn drop(&mut self) {
         let mut slots = lock(&self.limiter.slots);
+        // Give the permit back under the lock, then drop the entry if nobody else holds it.
+        drop(self.permit.take());
         if let Some(s) = slots.get(&self.key) {
-            // Only the map and this slot's own permit hold it: nobody else holds or awaits it.
-            if Arc::strong_count(s) == 2 {
+            // Only the map holds it: no attempt holds a permit of it.
+            if Arc::strong_count(s) == 1 {
                 slots.remove(&self.key);
             }
         }
@@ -834,20 +961,19 @@ impl TargetLimiter {
         }
     }
 
-    async fn acquire(&self, key: String) -> TargetSlot<'_> {
+    /// A slot for `key` if one is free now (never waits: see the claim loop).
+    fn try_acquire(self: &Arc<Self>, key: String) -> Option<TargetSlot> {
         let sem = lock(&self.slots)
             .entry(key.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(self.limit)))
             .clone();
-        // The semaphore is never closed, so acquire cannot fail.
-        let permit = match sem.acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => unreachable!("target semaphores are never closed"),
-        };
-        TargetSlot {
-            limiter: self,
-            key,
-            _permit: permit,
+        match sem.try_acquire_owned() {
+            Ok(permit) => Some(TargetSlot {
+                limiter: self.clone(),
+                key,
+                permit: Some(permit),
+            }),
+            Err(_) => None,
         }
     }
 }

@@ -109,6 +109,7 @@ pub async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         token: Some(TOKEN.into()),
         webhook_url: Some(format!("http://{hooks}/dmpushd-events")),
         webhook_secret: Some(WEBHOOK_SECRET.into()),
+        ..Default::default()
     }];
     s.webhooks.allow_targets = vec!["127.0.0.0/8".into()];
     s.queue.backoff_base_ms = 200;

@@ -176,6 +176,12 @@ pub enum Next {
     Defer {
         at_ms: i64,
     },
+    /// Per-tenant fairness (DESIGN §10.3): the push was claimed while its tenant was at
+    /// `queue.tenant_max_inflight` or its target had no free slot; it goes back to `queued`,
+    /// due at `at_ms`, without counting an attempt and without an event.
+    Requeue {
+        at_ms: i64,
+    },
 }
 
 /// The durable record of one attempt's outcome.

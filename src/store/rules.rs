@@ -40,8 +40,10 @@ pub(crate) struct CompletionEffect<'a> {
     /// `last_binding` becomes this when `Some`.
     pub last_binding: Option<BindingKind>,
     pub updated_at_ms: i64,
-    /// The event row written in the same transaction.
-    pub event: EventRow,
+    /// The event row written in the same transaction; `None` for a deferral (nothing happened
+    /// to the push that its history should show, and a flooding tenant's deferred pushes would
+    /// otherwise gain an event per claim).
+    pub event: Option<EventRow>,
     /// References to record for receipt correlation (`Accepted` with a binding), sorted and
     /// without duplicates; each is claimed per [`claim_ref`]. After recording them, the push is
     /// settled with [`settle`] in case receipts overtook the completion.
@@ -80,6 +82,8 @@ pub(crate) fn completion_effect(c: &Completion) -> CompletionEffect<'_> {
         // Suspended routes: the push waits, and the attempt that did not happen is not counted,
         // so a long suspension cannot exhaust `max_attempts` (DESIGN §10.4).
         Next::Defer { at_ms } => (PushState::RetryWait, Some(*at_ms), None, -1),
+        // Fairness (DESIGN §10.3): claimed while its tenant or target was busy; not attempted.
+        Next::Requeue { at_ms } => (PushState::Queued, Some(*at_ms), None, -1),
     };
     // The event's attempt number matches the row's counter after the change: a released
     // attempt is taken back, so the event names the attempt before it.
@@ -95,13 +99,13 @@ pub(crate) fn completion_effect(c: &Completion) -> CompletionEffect<'_> {
         attempts_delta,
         last_binding: c.binding,
         updated_at_ms: c.at_ms,
-        event: EventRow {
+        event: (!matches!(c.next, Next::Requeue { .. })).then(|| EventRow {
             at_ms: c.at_ms,
             state,
             binding: c.binding,
             attempt,
             detail: c.detail.clone(),
-        },
+        }),
         refs,
     }
 }
@@ -463,23 +467,36 @@ mod tests {
         for (next, state, next_at, index, delta, attempt) in cases {
             let c = completion(next.clone());
             let e = completion_effect(&c);
+            let ev = e.event.as_ref().unwrap();
             assert_eq!(
                 (
                     e.state,
                     e.next_attempt_at,
                     e.binding_index,
                     e.attempts_delta,
-                    e.event.attempt
+                    ev.attempt
                 ),
                 (state, next_at, index, delta, attempt),
                 "{next:?}"
             );
-            assert_eq!(e.event.state, state);
-            assert_eq!((e.event.at_ms, e.updated_at_ms), (1_000, 1_000));
-            assert_eq!((e.event.binding, e.last_binding), (WAP, WAP));
-            assert_eq!(e.event.detail, "d");
+            assert_eq!(ev.state, state);
+            assert_eq!((ev.at_ms, e.updated_at_ms), (1_000, 1_000));
+            assert_eq!((ev.binding, e.last_binding), (WAP, WAP));
+            assert_eq!(ev.detail, "d");
             assert_eq!(e.refs, None, "{next:?}");
         }
+    }
+
+    #[test]
+    fn a_deferral_requeues_without_counting_the_attempt_or_writing_an_event() {
+        let e_ = completion(Next::Requeue { at_ms: 5_000 });
+        let e = completion_effect(&e_);
+        assert_eq!(
+            (e.state, e.next_attempt_at, e.attempts_delta),
+            (PushState::Queued, Some(5_000), -1)
+        );
+        assert!(e.event.is_none());
+        assert_eq!(e.refs, None);
     }
 
     #[test]
@@ -509,7 +526,7 @@ mod tests {
     fn release_of_a_first_attempt_does_not_underflow() {
         let mut c = completion(Next::Release);
         c.attempt = 0;
-        assert_eq!(completion_effect(&c).event.attempt, 0);
+        assert_eq!(completion_effect(&c).event.unwrap().attempt, 0);
     }
 
     fn r(reference: &str, status: RefStatus, detail: &str, at: i64) -> RefRow {

@@ -946,11 +946,12 @@ impl Store for SqliteStore {
                 tracing::warn!(message = "Completion ignored: lease lost.", push_id = %c.push_id, owner = %c.owner);
                 continue;
             }
-            let ev = &e.event;
-            insert_event(
-                &mut tx, &c.push_id, ev.at_ms, ev.state, ev.binding, ev.attempt, &ev.detail,
-            )
-            .await?;
+            if let Some(ev) = &e.event {
+                insert_event(
+                    &mut tx, &c.push_id, ev.at_ms, ev.state, ev.binding, ev.attempt, &ev.detail,
+                )
+                .await?;
+            }
             if let Some((binding, refs)) = &e.refs {
                 record_refs(&mut tx, &c.push_id, *binding, refs, c.at_ms).await?;
                 // Receipts may have overtaken this completion. The push was just made

@@ -21,6 +21,7 @@ mod deploy;
 // The REST API end to end, one module per binding behind it.
 mod api_bootstrap;
 mod api_http;
+mod api_limits;
 mod api_sip;
 mod api_wap;
 
@@ -58,6 +59,10 @@ mod tenant_targets;
 
 // Push outcomes end to end: unconfirmed, receipt correlation, fallback on a failed receipt.
 mod outcomes;
+
+// Per-tenant fairness in the dispatcher; bounded label sets and buffers (issue 12).
+mod bounded;
+mod fairness;
 
 // Store.
 mod store_conformance;

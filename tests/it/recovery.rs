@@ -439,6 +439,7 @@ async fn run_dispatcher_until_final(
                 max: Duration::from_millis(20),
             },
             per_target: 4,
+            tenant_max_inflight: 4,
             grace: Duration::from_secs(1),
             attempt_timeout: Duration::from_secs(10),
             retention: Duration::from_secs(3600),

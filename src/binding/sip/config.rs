@@ -118,6 +118,12 @@ pub struct SipConfig {
     pub max_forwards: u8,
     /// Requests larger than this go over TCP (RFC 3261 §18.1.1: 1300 when the MTU is unknown).
     pub udp_max_request: usize,
+    /// TCP/TLS connections kept open at most (DESIGN §10.3: pools are capped).
+    pub pool_max_connections: usize,
+    /// A pooled TCP/TLS connection with no transaction for this long is closed.
+    pub pool_idle_seconds: u64,
+    /// One request written to a TCP/TLS connection must be sent within this.
+    pub write_timeout_seconds: u64,
     pub credentials: Vec<SipCredential>,
     /// Device URI hosts allowed besides public unicast addresses (CIDR list, the same semantics
     /// as `[bindings.http] allow_targets`, DESIGN §10.3). Only hosts contacted directly are
@@ -149,6 +155,9 @@ impl Default for SipConfig {
             follow_redirects: false,
             max_forwards: 70,
             udp_max_request: message::UDP_MAX_REQUEST,
+            pool_max_connections: 1024,
+            pool_idle_seconds: 60,
+            write_timeout_seconds: 10,
             credentials: Vec::new(),
             allow_targets: Vec::new(),
         }

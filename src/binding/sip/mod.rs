@@ -181,7 +181,16 @@ impl SipBinding {
         .build()?;
         let metrics = Arc::new(Metrics::register(&ctx.registry)?);
         let m = metrics.clone();
-        let pool = Pool::new(tls, ctx.shutdown.clone(), Arc::new(move || m.stray.inc()));
+        let pool = Pool::new(
+            tls,
+            ctx.shutdown.clone(),
+            Arc::new(move || m.stray.inc()),
+            transport::PoolLimits {
+                max_connections: cfg.pool_max_connections.max(1),
+                idle: Duration::from_secs(cfg.pool_idle_seconds.max(1)),
+                write_timeout: Duration::from_secs(cfg.write_timeout_seconds.max(1)),
+            },
+        );
         Ok(Self {
             cfg: cfg.clone(),
             timers,

@@ -496,7 +496,7 @@ impl Session {
                     Event::Receipt { receipt, token } => {
                         self.metrics
                             .receipts
-                            .with_label_values(&[&name, &receipt.state])
+                            .with_label_values(&[&name, smpp::receipt_state_label(&receipt.state)])
                             .inc();
                         let (Some(token), Some(delivered)) = (token, receipt.delivered) else {
                             continue;

@@ -536,6 +536,20 @@ pub fn parse_receipt(sm: &Sm) -> Option<Receipt> {
     })
 }
 
+/// The metric label of a receipt's state: one of the message states of SMPP 3.4 §5.2.28 /
+/// Appendix B, or `other`. An SMSC's `stat:` is free text; as a label value as it came, every
+/// made-up status would be a new time series for ever (DESIGN §10.3: label values come from
+/// fixed sets).
+pub fn receipt_state_label(state: &str) -> &'static str {
+    const KNOWN: [&str; 8] = [
+        "DELIVRD", "EXPIRED", "DELETED", "UNDELIV", "ACCEPTD", "UNKNOWN", "REJECTD", "ENROUTE",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|k| k.eq_ignore_ascii_case(state))
+        .unwrap_or("other")
+}
+
 /// Canonical message id used in `refs` and receipts: trimmed, lower-case, leading zeros removed
 /// when it is all hex digits. `receipt_decimal` converts a decimal receipt id to the hex form
 /// that submit_sm_resp used (SMSC-specific, protocol-facts §C.6).
@@ -615,6 +629,15 @@ pub fn octets(s: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn receipt_state_labels_are_a_fixed_set() {
+        assert_eq!(receipt_state_label("DELIVRD"), "DELIVRD");
+        assert_eq!(receipt_state_label("undeliv"), "UNDELIV");
+        assert_eq!(receipt_state_label("BUFFRED"), "other");
+        assert_eq!(receipt_state_label("x\"}\n# evil"), "other");
+        assert_eq!(receipt_state_label(""), "other");
+    }
 
     fn example_sm() -> Sm {
         let mut short_message = hex::decode("0605040b8423f0").unwrap();

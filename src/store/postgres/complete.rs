@@ -118,7 +118,9 @@ pub(super) async fn complete(
             continue;
         }
         due_now |= e.next_attempt_at.is_some();
-        events.add_row(&c.push_id, &e.event);
+        if let Some(ev) = &e.event {
+            events.add_row(&c.push_id, ev);
+        }
         if let Some((binding, refs)) = &e.refs {
             accepted.push(Accepted {
                 completion: c,
