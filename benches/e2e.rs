@@ -557,31 +557,6 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) {
         (rx.count() - received_before) as i64
     };
     let (total, _) = db.counts().await;
-    if let (Some(h), Some((in_phase1, phase1))) = (&hooks, hooks_phase1) {
-        // Every push sends one webhook (`push.delivered`); wait for the last of them.
-        let deadline = Instant::now() + Duration::from_secs(900);
-        while h.counts().1 < accepted as u64 {
-            assert!(
-                Instant::now() < deadline,
-                "{} of {} webhooks after 900 s",
-                h.counts().1,
-                accepted
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let (requests, distinct, last) = h.counts();
-        let all_done = last.map_or(delivered_at, |l| l.saturating_duration_since(t0));
-        println!(
-            "  webhooks: {distinct} distinct ({} duplicate requests); {in_phase1} during the \
-             accept phase ({:.0}/s); {:.0}/s from the due time until the last ({:.1} s after it, \
-             {:.1} s after the last push delivered)",
-            requests - distinct,
-            in_phase1 as f64 / phase1.as_secs_f64(),
-            (requests - in_phase1) as f64 / all_done.as_secs_f64().max(0.001),
-            all_done.as_secs_f64(),
-            all_done.saturating_sub(delivered_at).as_secs_f64(),
-        );
-    }
     assert_eq!(
         total, accepted,
         "pushes were accepted after the accept phase"
@@ -640,6 +615,32 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) {
             leased / claims.max(1.0),
             claim_s * 1000.0 / all_claims.max(1.0),
             complete_s * 1000.0 / completes.max(1.0),
+        );
+    }
+    // After the push figures, which do not wait for it: a webhook backlog may drain for long.
+    if let (Some(h), Some((in_phase1, phase1))) = (&hooks, hooks_phase1) {
+        // Every push sends one webhook (`push.delivered`); wait for the last of them.
+        let deadline = Instant::now() + Duration::from_secs(900);
+        while h.counts().1 < accepted as u64 {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} webhooks after 900 s",
+                h.counts().1,
+                accepted
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (requests, distinct, last) = h.counts();
+        let all_done = last.map_or(delivered_at, |l| l.saturating_duration_since(t0));
+        println!(
+            "  webhooks: {distinct} distinct ({} duplicate requests); {in_phase1} during the \
+             accept phase ({:.0}/s); {:.0}/s from the due time until the last ({:.1} s after it, \
+             {:.1} s after the last push delivered)",
+            requests - distinct,
+            in_phase1 as f64 / phase1.as_secs_f64(),
+            (requests - in_phase1) as f64 / all_done.as_secs_f64().max(0.001),
+            all_done.as_secs_f64(),
+            all_done.saturating_sub(delivered_at).as_secs_f64(),
         );
     }
     if non_2xx > 0 {
