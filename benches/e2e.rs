@@ -3,7 +3,7 @@
 //! two replicas, in one run on one machine.
 //!
 //! `cargo bench --bench e2e -- [--seconds 10] [--connections 256]
-//! [--setups sqlite,pg1,pg2,sqlite-sms,pg1-sms]`
+//! [--setups sqlite,pg1,pg2,sqlite-sms,pg1-sms,sqlite-hooks,pg1-hooks]`
 //!
 //! Per setup: a fresh database (a temporary SQLite file, or a new PostgreSQL database through
 //! `DMPUSHD_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`), the release
@@ -20,6 +20,13 @@
 //!    from then until the database records the last one `delivered`. Requests the receiver saw
 //!    beyond that count are duplicates (reported; expected 0), and each replica's share comes from
 //!    its `dmpushd_deliveries_total` metric.
+//!
+//! The `-hooks` setups (issue 11 acceptance 7) are `sqlite` and `pg1` with the tenant's
+//! `webhook_url`/`webhook_secret` pointing at a local plain-HTTP receiver that counts webhooks
+//! (one per push over HTTPS: `push.delivered`; `push.accepted` is for a next hop that accepts
+//! before a receipt, e.g. an SMSC). Their accepts/s and
+//! deliveries/s compare with the same setup without webhooks in the same run; a further line
+//! gives webhooks/s in each phase and when the last webhook arrived.
 //!
 //! Everything — load generator, gateways, PostgreSQL, receiver — shares the same cores, as in the
 //! other benchmarks in `docs/PERFORMANCE.md`.
@@ -55,6 +62,77 @@ struct Setup {
     replicas: usize,
     /// SMS through SMPP to `dmpushd sim`'s simulated SMSC instead of HTTPS to the receiver.
     wap: bool,
+    /// The tenant sends webhooks to the local [`HookCounter`].
+    hooks: bool,
+}
+
+/// A plain-HTTP webhook receiver that answers 204 and counts: requests, distinct `webhook-id`s,
+/// and the time of the last request.
+struct HookCounter {
+    port: u16,
+    shared: std::sync::Arc<std::sync::Mutex<HookCounts>>,
+}
+
+#[derive(Default)]
+struct HookCounts {
+    requests: u64,
+    ids: std::collections::HashSet<String>,
+    last: Option<Instant>,
+}
+
+impl HookCounter {
+    async fn start() -> HookCounter {
+        use hyper::{Request, Response, service::service_fn};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let shared: std::sync::Arc<std::sync::Mutex<HookCounts>> = Default::default();
+        let sh = shared.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let sh = sh.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let sh = sh.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let id = req
+                                .headers()
+                                .get("webhook-id")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned();
+                            let _ = req.into_body().collect().await;
+                            let mut g = sh.lock().unwrap();
+                            g.requests += 1;
+                            g.ids.insert(id);
+                            g.last = Some(Instant::now());
+                            drop(g);
+                            Ok::<_, std::convert::Infallible>(
+                                Response::builder()
+                                    .status(204)
+                                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+                });
+            }
+        });
+        HookCounter { port, shared }
+    }
+
+    /// (requests, distinct webhook-ids, time of the last request).
+    fn counts(&self) -> (u64, u64, Option<Instant>) {
+        let g = self.shared.lock().unwrap();
+        (g.requests, g.ids.len() as u64, g.last)
+    }
 }
 
 struct Gateway {
@@ -181,7 +259,14 @@ fn spawn_smsc() -> (Gateway, u16) {
     )
 }
 
-fn spawn(dir: &Path, name: &str, db_url: &str, ca: &Path, smsc: Option<u16>) -> Gateway {
+fn spawn(
+    dir: &Path,
+    name: &str,
+    db_url: &str,
+    ca: &Path,
+    smsc: Option<u16>,
+    hooks: Option<u16>,
+) -> Gateway {
     let port = free_port();
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
@@ -190,9 +275,14 @@ fn spawn(dir: &Path, name: &str, db_url: &str, ca: &Path, smsc: Option<u16>) -> 
             "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_seconds = 2\n\
              [store]\nurl = \"{db_url}\"\n\
              [queue]\nreplica_id = \"{name}\"\n\
-             [[tenants]]\nname = \"bench\"\ntoken = \"{TOKEN}\"\n\
+             [[tenants]]\nname = \"bench\"\ntoken = \"{TOKEN}\"\n{}\
              [bindings.http]\nallow_targets = [\"127.0.0.0/8\"]\nca_file = \"{}\"\n\
              {}[log]\nlevel = \"warn\"\n",
+            hooks.map_or(String::new(), |p| format!(
+                "webhook_url = \"http://127.0.0.1:{p}/hooks\"\n\
+                 webhook_secret = \"whsec_YmVuY2gtd2ViaG9vay1zZWNyZXQtMDEyMzQ1Njc4OQ==\"\n\
+                 [webhooks]\nallow_targets = [\"127.0.0.0/8\"]\n"
+            )),
             ca.display(),
             smsc.map_or(String::new(), |p| format!(
                 "[[bindings.wap.smsc]]\nname = \"sim\"\nhost = \"127.0.0.1\"\nport = {p}\n\
@@ -311,6 +401,11 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) {
     let dir = tempfile::tempdir().expect("tempdir");
     // Dropped last: the SMSC outlives the gateways that are bound to it.
     let smsc = setup.wap.then(spawn_smsc);
+    let hooks = if setup.hooks {
+        Some(HookCounter::start().await)
+    } else {
+        None
+    };
     let mut gateways = Vec::new();
     for i in 0..setup.replicas {
         gateways.push(spawn(
@@ -319,6 +414,7 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) {
             &db.url,
             &rx.ca_file,
             smsc.as_ref().map(|(_, port)| *port),
+            hooks.as_ref().map(|h| h.port),
         ));
         // One at a time: the first migrates the new database.
         wait_ready(&http, &gateways[i].base).await;
@@ -342,6 +438,7 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) {
         );
     }
     let received_before = rx.count();
+    let phase1_start = Instant::now();
 
     // Phase 1: accepts, nothing due.
     let due_ms = unix_ms() + (secs as i64 + 4) * 1000;
@@ -399,6 +496,10 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) {
         "the accept phase overran not_before; lower --seconds"
     );
     assert_eq!(early, 0, "pushes were delivered during the accept phase");
+    // Webhooks sent while accepts were measured (none expected: nothing is delivered yet).
+    let hooks_phase1 = hooks
+        .as_ref()
+        .map(|h| (h.counts().0, phase1_start.elapsed()));
 
     // Phase 2: deliveries from the moment everything becomes due.
     let wait = Duration::from_millis((due_ms - unix_ms()).max(0) as u64);
@@ -516,18 +617,45 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) {
             complete_s * 1000.0 / completes.max(1.0),
         );
     }
+    // After the push figures, which do not wait for it: a webhook backlog may drain for long.
+    if let (Some(h), Some((in_phase1, phase1))) = (&hooks, hooks_phase1) {
+        // Every push sends one webhook (`push.delivered`); wait for the last of them.
+        let deadline = Instant::now() + Duration::from_secs(900);
+        while h.counts().1 < accepted as u64 {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} webhooks after 900 s",
+                h.counts().1,
+                accepted
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (requests, distinct, last) = h.counts();
+        let all_done = last.map_or(delivered_at, |l| l.saturating_duration_since(t0));
+        println!(
+            "  webhooks: {distinct} distinct ({} duplicate requests); {in_phase1} during the \
+             accept phase ({:.0}/s); {:.0}/s from the due time until the last ({:.1} s after it, \
+             {:.1} s after the last push delivered)",
+            requests - distinct,
+            in_phase1 as f64 / phase1.as_secs_f64(),
+            (requests - in_phase1) as f64 / all_done.as_secs_f64().max(0.001),
+            all_done.as_secs_f64(),
+            all_done.saturating_sub(delivered_at).as_secs_f64(),
+        );
+    }
     if non_2xx > 0 {
         println!("  ({non_2xx} non-2xx answers during the accept phase)");
     }
     drop(gateways);
     drop(smsc);
+    drop(hooks);
     db.drop_now().await;
 }
 
 fn main() {
     let mut secs = 10u64;
     let mut connections = 256usize;
-    let mut setups = "sqlite,pg1,pg2,sqlite-sms,pg1-sms".to_owned();
+    let mut setups = "sqlite,pg1,pg2,sqlite-sms,pg1-sms,sqlite-hooks,pg1-hooks".to_owned();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -548,30 +676,49 @@ fn main() {
             db: Db::Sqlite,
             replicas: 1,
             wap: false,
+            hooks: false,
         },
         Setup {
             name: "pg1",
             db: Db::Postgres,
             replicas: 1,
             wap: false,
+            hooks: false,
         },
         Setup {
             name: "pg2",
             db: Db::Postgres,
             replicas: 2,
             wap: false,
+            hooks: false,
         },
         Setup {
             name: "sqlite-sms",
             db: Db::Sqlite,
             replicas: 1,
             wap: true,
+            hooks: false,
         },
         Setup {
             name: "pg1-sms",
             db: Db::Postgres,
             replicas: 1,
             wap: true,
+            hooks: false,
+        },
+        Setup {
+            name: "sqlite-hooks",
+            db: Db::Sqlite,
+            replicas: 1,
+            wap: false,
+            hooks: true,
+        },
+        Setup {
+            name: "pg1-hooks",
+            db: Db::Postgres,
+            replicas: 1,
+            wap: false,
+            hooks: true,
         },
     ];
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -151,7 +151,22 @@ pub trait Outbox: Send + Sync {
     async fn release_webhooks(&self, owner: &str, ids: &[String]) -> Result<(), StoreError>;
 
     /// Records an attempt; `false` when `owner` no longer held the lease (nothing written).
-    async fn record_webhook_attempt(&self, rec: &AttemptRecord) -> Result<bool, StoreError>;
+    async fn record_webhook_attempt(&self, rec: &AttemptRecord) -> Result<bool, StoreError> {
+        Ok(self
+            .record_webhook_attempts(std::slice::from_ref(rec))
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false))
+    }
+
+    /// Records several attempts in one transaction (one commit, so one fsync on SQLite, for a
+    /// whole batch: docs/perf/webhooks.md); per record, `false` when its owner no longer held
+    /// the lease.
+    async fn record_webhook_attempts(
+        &self,
+        recs: &[AttemptRecord],
+    ) -> Result<Vec<bool>, StoreError>;
 
     /// Puts the push's given-up events back to pending, due now, their age counted from now.
     /// `None` when the tenant has no such push; else how many were re-queued.

@@ -3,7 +3,10 @@
 //! Loop: claim due events (skipping targets already at their concurrency limit), POST each in
 //! its own task, record the attempt. 2xx = done; anything else, a timeout or a connection error
 //! = retry with jittered exponential backoff ([`outbox::after_failure`]), given up after
-//! `max_age_seconds`. Redirects are not followed; host names are resolved through the
+//! `max_age_seconds`. Attempts are recorded by one recorder task in batches, one transaction
+//! each: a transaction per attempt made the store's commit (an fsync on SQLite) the limit of the
+//! webhook rate (docs/perf/webhooks.md); an event's lease lasts until its record is written, so no
+//! other claim takes it meanwhile. Redirects are not followed; host names are resolved through the
 //! [`CheckedResolver`] so `[webhooks] allow_targets` applies to the addresses connected to.
 
 use std::{
@@ -14,7 +17,10 @@ use std::{
 };
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts};
-use tokio::task::JoinSet;
+use tokio::{
+    sync::{Notify, mpsc},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{Targets, WebhooksConfig};
@@ -36,6 +42,8 @@ pub const MAX_IN_FLIGHT: usize = 128;
 const POLL: Duration = Duration::from_millis(200);
 /// Events claimed at most per round.
 const CLAIM_BATCH: u32 = 64;
+/// Attempt records written at most per transaction.
+const RECORD_BATCH: usize = 256;
 
 #[derive(Clone)]
 struct SenderMetrics {
@@ -85,11 +93,17 @@ struct Shared {
     metrics: SenderMetrics,
     /// Requests in flight per target URL.
     busy: Mutex<HashMap<String, usize>>,
+    /// Attempts to the recorder task.
+    records: mpsc::Sender<AttemptRecord>,
+    /// Signalled when a batch is recorded: the events it finished may have made their pushes'
+    /// next events claimable.
+    recorded: Notify,
 }
 
 pub struct Sender {
     shared: Arc<Shared>,
     lease: Duration,
+    records: mpsc::Receiver<AttemptRecord>,
 }
 
 impl Sender {
@@ -124,6 +138,7 @@ impl Sender {
             .pool_max_idle_per_host(PER_TARGET)
             .user_agent(concat!("dmpushd/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let (records, records_rx) = mpsc::channel(MAX_IN_FLIGHT * 2);
         Ok(Self {
             shared: Arc::new(Shared {
                 store,
@@ -133,7 +148,10 @@ impl Sender {
                 max_age: Duration::from_secs(cfg.max_age_seconds),
                 metrics: SenderMetrics::new(registry)?,
                 busy: Mutex::new(HashMap::new()),
+                records,
+                recorded: Notify::new(),
             }),
+            records: records_rx,
             // Long enough for the request and for recording it; a crashed replica's events are
             // retaken after this.
             lease: timeout + Duration::from_secs(30),
@@ -142,11 +160,16 @@ impl Sender {
 
     /// Delivers until `stop`, then waits for the requests in flight (their leases would
     /// otherwise delay those events by a lease length).
-    pub async fn run(self, stop: CancellationToken) {
+    pub async fn run(mut self, stop: CancellationToken) {
         let Some(_) = self.shared.store.outbox() else {
             tracing::warn!(message = "The store has no webhook outbox; webhooks are off.");
             return;
         };
+        let (_, closed) = mpsc::channel(1);
+        let recorder = tokio::spawn(record_loop(
+            self.shared.clone(),
+            std::mem::replace(&mut self.records, closed),
+        ));
         let mut tasks = JoinSet::new();
         let mut depth_at: Option<Instant> = None;
         loop {
@@ -167,10 +190,15 @@ impl Sender {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = self.shared.recorded.notified() => {}
                 _ = tokio::time::sleep(POLL) => {}
             }
         }
         while tasks.join_next().await.is_some() {}
+        // The recorder ends when the last sender of the channel is gone (the delivery tasks'
+        // shares of `Shared` went with them); it writes what was queued first.
+        drop(self);
+        let _ = recorder.await;
     }
 
     async fn refresh_depth(&self) {
@@ -244,6 +272,38 @@ impl Sender {
     }
 }
 
+/// Writes queued attempt records, as many as are waiting (up to [`RECORD_BATCH`]) per
+/// transaction.
+async fn record_loop(sh: Arc<Shared>, mut rx: mpsc::Receiver<AttemptRecord>) {
+    let store = sh.store.clone();
+    let Some(outbox) = store.outbox() else {
+        return;
+    };
+    // Holds only a weak share, so that the channel closes when the sender stops.
+    let weak = Arc::downgrade(&sh);
+    drop(sh);
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while rx.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        match outbox.record_webhook_attempts(&batch).await {
+            Ok(recorded) => {
+                for (rec, ok) in batch.iter().zip(recorded) {
+                    if !ok {
+                        tracing::warn!(message = "Webhook attempt not recorded: lease lost.", webhook_id = %rec.event.id);
+                    }
+                }
+            }
+            Err(e) => {
+                // Not recorded: the leases run out and the events are tried again.
+                tracing::warn!(message = "Webhook attempts not recorded.", count = batch.len(), error = %e);
+            }
+        }
+        batch.clear();
+        if let Some(sh) = weak.upgrade() {
+            sh.recorded.notify_one();
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -293,9 +353,6 @@ fn describe_error(e: reqwest::Error) -> String {
 
 impl Shared {
     async fn deliver(&self, event: OutboxEvent) {
-        let Some(outbox) = self.store.outbox() else {
-            return;
-        };
         let start = Instant::now();
         let attempt = self.attempt(&event).await;
         self.metrics.attempt.observe(start.elapsed().as_secs_f64());
@@ -334,14 +391,8 @@ impl Shared {
             result,
             detail,
         };
-        match outbox.record_webhook_attempt(&rec).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(message = "Webhook attempt not recorded: lease lost.", webhook_id = %rec.event.id)
-            }
-            Err(e) => {
-                tracing::warn!(message = "Webhook attempt not recorded.", webhook_id = %rec.event.id, error = %e)
-            }
+        if self.records.send(rec).await.is_err() {
+            tracing::warn!(message = "Webhook attempt not recorded: the recorder stopped.");
         }
     }
 

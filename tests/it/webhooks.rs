@@ -1024,3 +1024,204 @@ async fn outbox_postgres() {
     })
     .await;
 }
+
+// --- two PostgreSQL replicas -----------------------------------------------------------------
+
+/// Acceptance 4: two `dmpushd serve` processes on one PostgreSQL database share one outbox
+/// (`SKIP LOCKED` leases). N pushes through both APIs, each sending `push.delivered` (an HTTPS
+/// device answers at once; `push.accepted` is for next hops that accept before a receipt) to one
+/// local receiver: every event arrives, none twice (no kills, so no lease ever expires and
+/// at-least-once must be exactly once), and both replicas' senders take part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_postgres_replicas_deliver_every_event_once() {
+    use crate::support::{
+        gateway::metric,
+        process::{spawn_serve, wait_ok},
+    };
+    use std::collections::HashMap;
+
+    struct Replica(std::process::Child);
+    impl Drop for Replica {
+        /// A failing assertion must not leave gateway processes behind.
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    let Some(pg) = crate::support::store::PgDb::create().await else {
+        return;
+    };
+    const N: usize = 400;
+    let device = DeviceReceiver::start(Duration::ZERO).await;
+    let hooks = Hooks::start(Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut replicas = Vec::new();
+    let mut bases = Vec::new();
+    for name in ["r1", "r2"] {
+        let port = crate::support::free_port();
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[server]
+listen = "127.0.0.1:{port}"
+shutdown_grace_seconds = 1
+[store]
+url = "{db}"
+[queue]
+replica_id = "{name}"
+poll_interval_ms = 100
+[[tenants]]
+name = "a"
+token = "{TOKEN_A}"
+webhook_url = "{hook}"
+webhook_secret = "{SECRET}"
+[bindings.http]
+allow_targets = ["127.0.0.0/8"]
+ca_file = "{ca}"
+[webhooks]
+allow_targets = ["127.0.0.0/8"]
+[log]
+level = "warn"
+"#,
+                db = pg.url,
+                hook = hooks.url("/a"),
+                ca = device.ca_file.display(),
+            ),
+        )
+        .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        replicas.push(Replica(spawn_serve(&config)));
+        // One at a time: the first migrates the database.
+        wait_ok(&http, &base, "/readyz").await;
+        bases.push(base);
+    }
+    let r = http
+        .put(format!("{}/v1/devices/dev-1", bases[0]))
+        .bearer_auth(TOKEN_A)
+        .json(
+            &json!({"bindings": [{"type": "http", "url": device.url("/dm"), "framing": "direct"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let (http, bases) = (http.clone(), bases.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in (c..N).step_by(8) {
+                let r = http
+                    .post(format!("{}/v1/pushes", bases[i % 2]))
+                    .bearer_auth(TOKEN_A)
+                    .json(&xml_push("dev-1", DM_XML))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+                ids.push(
+                    r.json::<Value>().await.unwrap()["id"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                );
+            }
+            ids
+        }));
+    }
+    let mut push_ids = Vec::new();
+    for t in tasks {
+        push_ids.extend(t.await.unwrap());
+    }
+    assert_eq!(push_ids.len(), N);
+
+    // Steady state reached when every outbox row is done: a row is done only after a 2xx,
+    // i.e. after the receiver recorded the request.
+    let pool = sqlx::PgPool::connect(&pg.url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (done, all): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*) FILTER (WHERE status = 'done'), COUNT(*) FROM webhook_outbox",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if all == N as i64 && done == all {
+            break;
+        }
+        let states: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT state, kind, COUNT(*) FROM push_events GROUP BY state, kind")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {all} outbox rows done ({N} expected), receiver got {}, events {states:?}",
+            hooks.got().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pool.close().await;
+
+    let got = hooks.got();
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    let mut types: HashMap<String, Vec<String>> = HashMap::new();
+    for h in &got {
+        *by_id.entry(h.header("webhook-id").to_owned()).or_default() += 1;
+        let j = h.json();
+        types
+            .entry(j["data"]["id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(j["type"].as_str().unwrap().to_owned());
+    }
+    let twice: Vec<_> = by_id.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    assert_eq!(by_id.len(), N, "every event delivered");
+    for id in &push_ids {
+        assert_eq!(
+            types.get(id).map(Vec::as_slice),
+            Some(&["push.delivered".to_owned()][..]),
+            "push {id}: its event"
+        );
+    }
+    let mut shares = Vec::new();
+    for base in &bases {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        shares.push(metric(
+            &text,
+            r#"dmpushd_webhook_deliveries_total{outcome="delivered"}"#,
+        ));
+        assert_eq!(
+            metric(
+                &text,
+                r#"dmpushd_webhook_deliveries_total{outcome="retry"}"#
+            ),
+            0.0,
+            "no failed attempt against a receiver that always answers 204"
+        );
+    }
+    println!(
+        "webhooks on two replicas: {N} events, sent by r1 = {}, r2 = {}",
+        shares[0], shares[1]
+    );
+    assert_eq!(shares.iter().sum::<f64>() as usize, N);
+    assert!(
+        shares.iter().all(|s| *s > 0.0),
+        "one replica's sender sent nothing: {shares:?}"
+    );
+    // Signatures of a sample verify with the independent implementation.
+    assert_verified(&got[..20]).await;
+    drop(replicas);
+}

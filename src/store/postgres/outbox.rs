@@ -28,6 +28,47 @@ fn event_of(r: &PgRow) -> Result<OutboxEvent, StoreError> {
     })
 }
 
+/// One attempt's record inside the caller's transaction; `false` when the lease was lost.
+async fn record_in(conn: &mut sqlx::PgConnection, rec: &AttemptRecord) -> Result<bool, StoreError> {
+    let (status, next) = match rec.result {
+        AttemptResult::Delivered => ("done", None),
+        AttemptResult::Retry { at_ms } => ("pending", Some(at_ms)),
+        AttemptResult::GiveUp => ("given_up", None),
+    };
+    let r = sqlx::query(
+        "UPDATE webhook_outbox SET status = $1, \
+             next_attempt_at = COALESCE($2, next_attempt_at), attempts = attempts + 1, \
+             last_error = $3, lease_owner = NULL, lease_until = NULL \
+         WHERE id = $4 AND status = 'pending' AND lease_owner = $5",
+    )
+    .bind(status)
+    .bind(next)
+    .bind(if status == "done" {
+        ""
+    } else {
+        rec.detail.as_str()
+    })
+    .bind(&rec.event.id)
+    .bind(&rec.owner)
+    .execute(&mut *conn)
+    .await?;
+    if r.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO push_events (push_id, at, state, binding, attempt, detail, kind) \
+         VALUES ($1, $2, $3, NULL, $4, $5, 'webhook')",
+    )
+    .bind(&rec.event.push_id)
+    .bind(rec.at_ms)
+    .bind(rec.event.state.as_str())
+    .bind(i32_of(rec.event.attempts.saturating_add(1)))
+    .bind(rec.timeline_detail())
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
 #[async_trait::async_trait]
 impl Outbox for PgStore {
     async fn claim_webhooks(
@@ -84,46 +125,17 @@ impl Outbox for PgStore {
         Ok(())
     }
 
-    async fn record_webhook_attempt(&self, rec: &AttemptRecord) -> Result<bool, StoreError> {
-        let (status, next) = match rec.result {
-            AttemptResult::Delivered => ("done", None),
-            AttemptResult::Retry { at_ms } => ("pending", Some(at_ms)),
-            AttemptResult::GiveUp => ("given_up", None),
-        };
+    async fn record_webhook_attempts(
+        &self,
+        recs: &[AttemptRecord],
+    ) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let r = sqlx::query(
-            "UPDATE webhook_outbox SET status = $1, \
-                 next_attempt_at = COALESCE($2, next_attempt_at), attempts = attempts + 1, \
-                 last_error = $3, lease_owner = NULL, lease_until = NULL \
-             WHERE id = $4 AND status = 'pending' AND lease_owner = $5",
-        )
-        .bind(status)
-        .bind(next)
-        .bind(if status == "done" {
-            ""
-        } else {
-            rec.detail.as_str()
-        })
-        .bind(&rec.event.id)
-        .bind(&rec.owner)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Ok(false);
+        let mut recorded = Vec::with_capacity(recs.len());
+        for rec in recs {
+            recorded.push(record_in(&mut tx, rec).await?);
         }
-        sqlx::query(
-            "INSERT INTO push_events (push_id, at, state, binding, attempt, detail, kind) \
-             VALUES ($1, $2, $3, NULL, $4, $5, 'webhook')",
-        )
-        .bind(&rec.event.push_id)
-        .bind(rec.at_ms)
-        .bind(rec.event.state.as_str())
-        .bind(i32_of(rec.event.attempts.saturating_add(1)))
-        .bind(rec.timeline_detail())
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(recorded)
     }
 
     async fn requeue_webhooks(
