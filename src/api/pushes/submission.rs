@@ -295,15 +295,16 @@ fn sign_bootstrap(
     body_field: &str,
 ) -> Result<(ContentType, Vec<u8>, bootstrap::Signature), Problem> {
     use bootstrap::Sec;
-    let sec = match b.sec.as_str() {
-        "netwpin" => Sec::NetwPin,
-        "userpin" => Sec::UserPin,
-        "usernetwpin" => Sec::UserNetwPin,
-        "userpinmac" => Sec::UserPinMac,
-        o => {
+    // The codec's parser; the API's names are its lower-case ones (the OpenAPI enum).
+    let sec = match b.sec.parse::<Sec>() {
+        Ok(sec) if !b.sec.bytes().any(|c| c.is_ascii_uppercase()) => sec,
+        _ => {
             return Err(Problem::invalid(
                 "bootstrap.sec",
-                format!("{o:?} is not netwpin, userpin, usernetwpin or userpinmac"),
+                format!(
+                    "{:?} is not netwpin, userpin, usernetwpin or userpinmac",
+                    b.sec
+                ),
             ));
         }
     };
