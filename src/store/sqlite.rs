@@ -71,6 +71,49 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// A push with its timeline up to event `up_to` (`i64::MAX`: all of it), as
+    /// `GET /v1/pushes/{id}` shows it; with a real `up_to`, the state and time are that event's
+    /// (a webhook's payload "as of" its event).
+    async fn push_with_events(
+        &self,
+        tenant: &str,
+        id: &str,
+        up_to: i64,
+    ) -> Result<Option<PushRecord>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {PUSH_COLUMNS} FROM pushes WHERE tenant = ? AND id = ?"
+        )))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut push = push_from_row(&row)?;
+        let events = sqlx::query(
+            "SELECT seq, at, state, binding, attempt, detail FROM push_events
+              WHERE push_id = ? AND seq <= ? ORDER BY seq",
+        )
+        .bind(id)
+        .bind(up_to)
+        .fetch_all(&self.read)
+        .await?;
+        for e in events {
+            let event = PushEvent {
+                at_ms: e.try_get("at")?,
+                state: parse_state(&e.try_get::<String, _>("state")?)?,
+                binding: parse_binding(e.try_get("binding")?, "binding")?,
+                attempt: u32::try_from(e.try_get::<i64, _>("attempt")?).unwrap_or(0),
+                detail: e.try_get("detail")?,
+            };
+            if e.try_get::<i64, _>("seq")? == up_to {
+                push.state = event.state;
+                push.updated_at_ms = event.at_ms;
+            }
+            push.events.push(event);
+        }
+        Ok(Some(push))
+    }
+
     pub async fn open(opts: &StoreOptions) -> Result<Self, StoreError> {
         let url = &opts.url;
         create_parent_dir(url);
@@ -721,31 +764,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_push(&self, tenant: &str, id: &str) -> Result<Option<PushRecord>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {PUSH_COLUMNS} FROM pushes WHERE tenant = ? AND id = ?"
-        )))
-        .bind(tenant)
-        .bind(id)
-        .fetch_optional(&self.read)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let mut push = push_from_row(&row)?;
-        let events = sqlx::query(
-            "SELECT at, state, binding, attempt, detail FROM push_events WHERE push_id = ? ORDER BY seq",
-        )
-        .bind(id)
-        .fetch_all(&self.read)
-        .await?;
-        for e in events {
-            push.events.push(PushEvent {
-                at_ms: e.try_get("at")?,
-                state: parse_state(&e.try_get::<String, _>("state")?)?,
-                binding: parse_binding(e.try_get("binding")?, "binding")?,
-                attempt: e.try_get::<i64, _>("attempt")? as u32,
-                detail: e.try_get("detail")?,
-            });
-        }
-        Ok(Some(push))
+        self.push_with_events(tenant, id, i64::MAX).await
     }
 
     async fn list_pushes(

@@ -76,6 +76,51 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// A push with its timeline up to event `up_to` (`i64::MAX`: all of it), as
+    /// `GET /v1/pushes/{id}` shows it; with a real `up_to`, the state and time are that event's
+    /// (a webhook's payload "as of" its event).
+    async fn push_with_events(
+        &self,
+        tenant: &str,
+        id: &str,
+        up_to: i64,
+    ) -> Result<Option<PushRecord>, StoreError> {
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RECORD_COLS} FROM pushes WHERE tenant = $1 AND id = $2"
+        )))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let mut rec = record_of(&row)?;
+        let events = sqlx::query(
+            "SELECT seq, at, state, binding, attempt, detail FROM push_events \
+             WHERE push_id = $1 AND seq <= $2 ORDER BY seq",
+        )
+        .bind(id)
+        .bind(up_to)
+        .fetch_all(&self.pool)
+        .await?;
+        for e in events {
+            let event = PushEvent {
+                at_ms: e.try_get("at")?,
+                state: parse_state(e.try_get("state")?)?,
+                binding: parse_binding(e.try_get("binding")?, "event binding")?,
+                attempt: u32_of(e.try_get("attempt")?, "event attempt")?,
+                detail: e.try_get("detail")?,
+            };
+            if e.try_get::<i64, _>("seq")? == up_to {
+                rec.state = event.state;
+                rec.updated_at_ms = event.at_ms;
+            }
+            rec.events.push(event);
+        }
+        Ok(Some(rec))
+    }
+
     /// The connection pool (for tests and tools).
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -297,34 +342,7 @@ impl Store for PgStore {
     }
 
     async fn get_push(&self, tenant: &str, id: &str) -> Result<Option<PushRecord>, StoreError> {
-        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {RECORD_COLS} FROM pushes WHERE tenant = $1 AND id = $2"
-        )))
-        .bind(tenant)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let mut rec = record_of(&row)?;
-        let events = sqlx::query(
-            "SELECT at, state, binding, attempt, detail FROM push_events \
-             WHERE push_id = $1 ORDER BY seq",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
-        for e in events {
-            rec.events.push(PushEvent {
-                at_ms: e.try_get("at")?,
-                state: parse_state(e.try_get("state")?)?,
-                binding: parse_binding(e.try_get("binding")?, "event binding")?,
-                attempt: u32_of(e.try_get("attempt")?, "event attempt")?,
-                detail: e.try_get("detail")?,
-            });
-        }
-        Ok(Some(rec))
+        self.push_with_events(tenant, id, i64::MAX).await
     }
 
     async fn list_pushes(

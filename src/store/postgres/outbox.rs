@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use sqlx::{Row, postgres::PgRow};
 
-use super::{PgStore, RECORD_COLS, i32_of, record_of, u32_of};
+use super::{PgStore, i32_of, u32_of};
 use crate::store::{
-    PushEvent, PushRecord, StoreError,
+    PushRecord, StoreError,
     outbox::{AttemptRecord, AttemptResult, Outbox, OutboxEvent},
-    parse_binding, parse_state,
+    parse_state,
 };
 
 fn event_of(r: &PgRow) -> Result<OutboxEvent, StoreError> {
@@ -188,40 +188,7 @@ impl Outbox for PgStore {
         push_id: &str,
         seq: i64,
     ) -> Result<Option<PushRecord>, StoreError> {
-        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {RECORD_COLS} FROM pushes WHERE tenant = $1 AND id = $2"
-        )))
-        .bind(tenant)
-        .bind(push_id)
-        .fetch_optional(&self.pool)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let mut rec = record_of(&row)?;
-        let events = sqlx::query(
-            "SELECT seq, at, state, binding, attempt, detail FROM push_events \
-             WHERE push_id = $1 AND seq <= $2 ORDER BY seq",
-        )
-        .bind(push_id)
-        .bind(seq)
-        .fetch_all(&self.pool)
-        .await?;
-        for e in events {
-            let event = PushEvent {
-                at_ms: e.try_get("at")?,
-                state: parse_state(e.try_get("state")?)?,
-                binding: parse_binding(e.try_get("binding")?, "event binding")?,
-                attempt: u32_of(e.try_get("attempt")?, "event attempt")?,
-                detail: e.try_get("detail")?,
-            };
-            if e.try_get::<i64, _>("seq")? == seq {
-                rec.state = event.state;
-                rec.updated_at_ms = event.at_ms;
-            }
-            rec.events.push(event);
-        }
-        Ok(Some(rec))
+        self.push_with_events(tenant, push_id, seq).await
     }
 
     async fn outbox_depth(&self) -> Result<u64, StoreError> {

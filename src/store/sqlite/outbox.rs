@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use sqlx::{Row, sqlite::SqliteRow};
 
-use super::{PUSH_COLUMNS, SqliteStore, push_from_row};
+use super::SqliteStore;
 use crate::store::{
-    PushEvent, PushRecord, StoreError,
+    PushRecord, StoreError,
     outbox::{AttemptRecord, AttemptResult, Outbox, OutboxEvent},
-    parse_binding, parse_state, to_json,
+    parse_state, to_json,
 };
 
 const EVENT_COLUMNS: &str =
@@ -192,38 +192,7 @@ impl Outbox for SqliteStore {
         push_id: &str,
         seq: i64,
     ) -> Result<Option<PushRecord>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {PUSH_COLUMNS} FROM pushes WHERE tenant = ? AND id = ?"
-        )))
-        .bind(tenant)
-        .bind(push_id)
-        .fetch_optional(&self.read)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let mut push = push_from_row(&row)?;
-        let events = sqlx::query(
-            "SELECT seq, at, state, binding, attempt, detail FROM push_events
-              WHERE push_id = ? AND seq <= ? ORDER BY seq",
-        )
-        .bind(push_id)
-        .bind(seq)
-        .fetch_all(&self.read)
-        .await?;
-        for e in events {
-            let event = PushEvent {
-                at_ms: e.try_get("at")?,
-                state: parse_state(&e.try_get::<String, _>("state")?)?,
-                binding: parse_binding(e.try_get("binding")?, "binding")?,
-                attempt: u32::try_from(e.try_get::<i64, _>("attempt")?).unwrap_or(0),
-                detail: e.try_get("detail")?,
-            };
-            if e.try_get::<i64, _>("seq")? == seq {
-                push.state = event.state;
-                push.updated_at_ms = event.at_ms;
-            }
-            push.events.push(event);
-        }
-        Ok(Some(push))
+        self.push_with_events(tenant, push_id, seq).await
     }
 
     async fn outbox_depth(&self) -> Result<u64, StoreError> {
