@@ -166,23 +166,19 @@ impl DeviceBinding {
 
     /// The same binding with every secret removed, for API responses and logs.
     pub fn redacted(&self) -> Self {
-        let mut b = self.clone();
-        match &mut b {
-            Self::Http { url, hmac, .. } => {
-                if let Ok(u) = HttpTarget::parse(&url.redacted()) {
-                    *url = u;
-                }
-                if let Some(h) = hmac {
-                    h.password.clear();
-                    h.nonce.clear();
-                }
+        // What a push row keeps, minus the HMAC nonce; an OBEX password shows as set but empty.
+        let mut b = self.without_device_secrets();
+        match (&mut b, self) {
+            (Self::Http { hmac: Some(h), .. }, _) => h.nonce.clear(),
+            (
+                Self::Obex { password, .. },
+                Self::Obex {
+                    password: Some(_), ..
+                },
+            ) => {
+                *password = Some(String::new());
             }
-            Self::Obex { password, .. } => {
-                if password.is_some() {
-                    *password = Some(String::new());
-                }
-            }
-            Self::Wap { .. } | Self::Sip { .. } => {}
+            _ => {}
         }
         b
     }
