@@ -1,15 +1,17 @@
-//! End-to-end throughput of real `dmpushd serve` processes (issue #6 acceptance 4): durable accepts
-//! per second and deliveries per second, on SQLite with one replica and on PostgreSQL with one and
-//! two replicas, in one run on one machine.
+//! End-to-end throughput of real `dmpushd serve` processes (issue #6 acceptance 4, issue #14
+//! acceptance 1): durable accepts per second and deliveries per second, on SQLite with one
+//! replica and on PostgreSQL with one and two replicas, over HTTPS and over SMS, against Kannel's
+//! PPG and the HTTP ceiling (`/healthz`), in one run on one machine; the issue-14 ratios last.
 //!
-//! `cargo bench --bench e2e -- [--seconds 10] [--connections 256]
-//! [--setups sqlite,pg1,pg2,sqlite-sms,pg1-sms,sqlite-hooks,pg1-hooks]`
+//! `cargo bench --bench e2e -- [--seconds 10] [--connections 256] [--kannel-pushes 5000]
+//! [--setups healthz,sqlite,pg1,sqlite-sms,pg1-sms,kannel]` (the default; also `pg2`,
+//! `sqlite-hooks`, `pg1-hooks`)
 //!
-//! Per setup: a fresh database (a temporary SQLite file, or a new PostgreSQL database through
-//! `DMPUSHD_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`), the release
-//! `dmpushd` binary started once per replica, 100 devices with an HTTPS binding to one local
-//! receiver (rustls, test CA) — or, in the `-sms` setups, a WAP binding over SMPP to `dmpushd
-//! sim`'s simulated SMSC with delivery receipts — then two phases:
+//! Per gateway setup: a fresh database (a temporary SQLite file, or a new PostgreSQL database
+//! through `DMPUSHD_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`), the
+//! release `dmpushd` binary started once per replica, 100 devices with an HTTPS binding to one
+//! local receiver (rustls, test CA) — or, in the `-sms` setups, a WAP binding over SMPP to
+//! `dmpushd sim`'s simulated SMSC with delivery receipts — then two phases:
 //!
 //! 1. **Accepts.** `wrk` (Debian package `wrk`) posts DM messages for `--seconds`, its connections
 //!    split across the replicas (as a load balancer would). Every push carries `not_before` just
@@ -17,9 +19,9 @@
 //!    the database ÷ wrk's duration (a 202 is only sent after commit, so the database count is the
 //!    durable figure).
 //! 2. **Deliveries.** At `not_before` every push becomes due at once; deliveries/s = pushes ÷ time
-//!    from then until the database records the last one `delivered`. Requests the receiver saw
-//!    beyond that count are duplicates (reported; expected 0), and each replica's share comes from
-//!    its `dmpushd_deliveries_total` metric.
+//!    from then until the database records the last one `delivered` (over SMS: until the last
+//!    receipt). Requests the receiver saw beyond that count are duplicates (reported; expected 0),
+//!    and each replica's share comes from its `dmpushd_deliveries_total` metric.
 //!
 //! The `-hooks` setups (issue 11 acceptance 7) are `sqlite` and `pg1` with the tenant's
 //! `webhook_url`/`webhook_secret` pointing at a local plain-HTTP receiver that counts webhooks
@@ -28,8 +30,19 @@
 //! deliveries/s compare with the same setup without webhooks in the same run; a further line
 //! gives webhooks/s in each phase and when the last webhook arrived.
 //!
-//! Everything — load generator, gateways, PostgreSQL, receiver — shares the same cores, as in the
-//! other benchmarks in `docs/PERFORMANCE.md`.
+//! `kannel`: Kannel's PPG (PAP over HTTP → wapbox → bearerbox → SMPP, window 50) pushing
+//! `--kannel-pushes` DM notifications (package #0, one SMS each; `benches/wap_kannel/pap_load.py`,
+//! 20 connections) to the same `dmpushd sim` SMSC, whose `submit_sm` event lines the benchmark
+//! reads and timestamps. The figure is pushes ÷ (PAP start → last `submit_sm`). Kannel's ports are
+//! free ones picked per run (config from `benches/wap_kannel/ppg.conf.in`); the setup is skipped
+//! with a message when `bearerbox`/`wapbox` are not installed (`bash scripts/install.d/kannel.sh
+//! --bench`).
+//!
+//! `healthz`: wrk GETs `/healthz` of an idle SQLite gateway at the same connections for
+//! `--seconds`: the HTTP ceiling the accept rate is compared with.
+//!
+//! Everything — load generator, gateways, PostgreSQL, receiver, Kannel — shares the same cores, as
+//! in the other benchmarks in `docs/PERFORMANCE.md`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on failure
 
@@ -37,33 +50,52 @@
 #[allow(dead_code)]
 mod receiver;
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    collections::BTreeMap,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
+use common::{
+    CountingSmsc, Database, Db, Gateway, GatewayOptions, TOKEN, finish_wrk, free_port, metric,
+    spawn_gateway, spawn_smsc, start_wrk, unix_ms, wait_listening, wait_ready, wrk_script,
+};
 use receiver::Receiver;
 use serde_json::json;
-use sqlx::Connection;
 
-const TOKEN: &str = "bench-token";
 const DEVICES: usize = 100;
 
-#[derive(Clone, Copy, Debug)]
-enum Db {
-    Sqlite,
-    Postgres,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// `dmpushd serve` replicas: accepts, then deliveries.
+    Gateway,
+    /// Kannel's PPG to the simulated SMSC.
+    Kannel,
+    /// wrk on `/healthz`.
+    Healthz,
 }
 
 struct Setup {
     name: &'static str,
+    kind: Kind,
     db: Db,
     replicas: usize,
     /// SMS through SMPP to `dmpushd sim`'s simulated SMSC instead of HTTPS to the receiver.
     wap: bool,
     /// The tenant sends webhooks to the local [`HookCounter`].
     hooks: bool,
+}
+
+/// A gateway setup's figures, for the ratios.
+#[derive(Clone, Debug)]
+struct Figures {
+    accepts: f64,
+    deliveries: f64,
+    /// wrk's p99 latency of the accepts, in ms (the slowest replica's).
+    p99_ms: f64,
 }
 
 /// A plain-HTTP webhook receiver that answers 204 and counts: requests, distinct `webhook-id`s,
@@ -135,268 +167,8 @@ impl HookCounter {
     }
 }
 
-struct Gateway {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        // SIGTERM first (graceful: leases released), then make sure.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A database for one setup; PostgreSQL databases are dropped afterwards.
-struct Database {
-    url: String,
-    admin: Option<(String, String)>,
-    _dir: tempfile::TempDir,
-}
-
-impl Database {
-    async fn create(db: Db) -> Database {
-        let dir = tempfile::tempdir().expect("tempdir");
-        match db {
-            Db::Sqlite => Database {
-                url: format!("sqlite://{}", dir.path().join("bench.db").display()),
-                admin: None,
-                _dir: dir,
-            },
-            Db::Postgres => {
-                let admin = std::env::var("DMPUSHD_TEST_PG_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-                let name = format!("dmpushd_bench_{}", uuid::Uuid::new_v4().simple());
-                let mut c = sqlx::PgConnection::connect(&admin)
-                    .await
-                    .expect("PostgreSQL reachable (scripts/install.d/postgres.sh)");
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut c)
-                    .await
-                    .expect("CREATE DATABASE");
-                let root = admin.rsplit_once('/').map(|(r, _)| r).unwrap_or(&admin);
-                Database {
-                    url: format!("{root}/{name}"),
-                    admin: Some((admin.clone(), name)),
-                    _dir: dir,
-                }
-            }
-        }
-    }
-
-    async fn drop_now(self) {
-        if let Some((admin, name)) = &self.admin
-            && let Ok(mut c) = sqlx::PgConnection::connect(admin).await
-        {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&mut c)
-            .await;
-        }
-    }
-
-    /// (all pushes, delivered pushes).
-    async fn counts(&self) -> (i64, i64) {
-        const Q: &str = "SELECT COUNT(*), COALESCE(SUM(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END), 0) FROM pushes";
-        if self.admin.is_some() {
-            let mut c = sqlx::PgConnection::connect(&self.url)
-                .await
-                .expect("connect");
-            let r: (i64, i64) = sqlx::query_as(Q).fetch_one(&mut c).await.expect("count");
-            let _ = c.close().await;
-            r
-        } else {
-            let mut c = sqlx::SqliteConnection::connect(&format!("{}?mode=ro", self.url))
-                .await
-                .expect("open");
-            let r: (i64, i64) = sqlx::query_as(Q).fetch_one(&mut c).await.expect("count");
-            let _ = c.close().await;
-            r
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// `dmpushd sim` as the SMSC (with delivery receipts), on a free port.
-fn spawn_smsc() -> (Gateway, u16) {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_dmpushd"))
-        .args(["sim", "--smpp"])
-        .arg(format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("dmpushd sim starts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "simulated SMSC did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (
-        Gateway {
-            child,
-            base: String::new(),
-        },
-        port,
-    )
-}
-
-fn spawn(
-    dir: &Path,
-    name: &str,
-    db_url: &str,
-    ca: &Path,
-    smsc: Option<u16>,
-    hooks: Option<u16>,
-) -> Gateway {
-    let port = free_port();
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_seconds = 2\n\
-             [store]\nurl = \"{db_url}\"\n\
-             [queue]\nreplica_id = \"{name}\"\n\
-             [[tenants]]\nname = \"bench\"\ntoken = \"{TOKEN}\"\n{}\
-             [bindings.http]\nallow_targets = [\"127.0.0.0/8\"]\nca_file = \"{}\"\n\
-             {}[log]\nlevel = \"warn\"\n",
-            hooks.map_or(String::new(), |p| format!(
-                "webhook_url = \"http://127.0.0.1:{p}/hooks\"\n\
-                 webhook_secret = \"whsec_YmVuY2gtd2ViaG9vay1zZWNyZXQtMDEyMzQ1Njc4OQ==\"\n\
-                 [webhooks]\nallow_targets = [\"127.0.0.0/8\"]\n"
-            )),
-            ca.display(),
-            smsc.map_or(String::new(), |p| format!(
-                "[[bindings.wap.smsc]]\nname = \"sim\"\nhost = \"127.0.0.1\"\nport = {p}\n\
-                 system_id = \"bench\"\npassword = \"bench\"\nsource_addr = \"DMSERVER\"\n"
-            ))
-        ),
-    )
-    .expect("write config");
-    let child = Command::new(env!("CARGO_BIN_EXE_dmpushd"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("dmpushd starts");
-    Gateway {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-async fn wait_ready(http: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{base} never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// The wrk script: rotates over the devices; every push due at `not_before`.
-fn wrk_script(dir: &Path, not_before: &str) -> PathBuf {
-    let path = dir.join("push.lua");
-    let body = r#"<SyncML xmlns=\\"SYNCML:SYNCML1.2\\"><SyncHdr><VerDTD>1.2</VerDTD><VerProto>DM/1.2</VerProto><SessionID>1</SessionID><MsgID>1</MsgID><Target><LocURI>IMEI:490154203237518</LocURI></Target><Source><LocURI>https://dms.example</LocURI></Source></SyncHdr><SyncBody><Alert><CmdID>1</CmdID><Data>1200</Data></Alert><Final/></SyncBody></SyncML>"#;
-    std::fs::write(
-        &path,
-        format!(
-            "wrk.method = \"POST\"\n\
-             wrk.headers[\"Content-Type\"] = \"application/json\"\n\
-             wrk.headers[\"Authorization\"] = \"Bearer {TOKEN}\"\n\
-             local n = 0\n\
-             request = function()\n\
-               n = n + 1\n\
-               return wrk.format(nil, nil, nil, '{{\"device\":\"bench-' .. (n % {DEVICES}) .. \
-             '\",\"not_before\":\"{not_before}\",\"ttl_seconds\":3600,\"body\":\"{body}\"}}')\n\
-             end\n"
-        ),
-    )
-    .expect("write wrk script");
-    path
-}
-
-struct WrkResult {
-    secs: f64,
-    non_2xx: u64,
-    p50: String,
-    p99: String,
-}
-
-fn parse_wrk(out: &str) -> WrkResult {
-    let mut r = WrkResult {
-        secs: 0.0,
-        non_2xx: 0,
-        p50: "?".into(),
-        p99: "?".into(),
-    };
-    for line in out.lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("50%") {
-            r.p50 = rest.trim().to_owned();
-        } else if let Some(rest) = line.strip_prefix("99%") {
-            r.p99 = rest.trim().to_owned();
-        } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            r.non_2xx = rest.trim().parse().unwrap_or(0);
-        } else if line.contains(" requests in ") {
-            // "123456 requests in 10.01s, 27.0MB read"
-            if let Some(s) = line
-                .split(" requests in ")
-                .nth(1)
-                .and_then(|t| t.split('s').next())
-            {
-                r.secs = s.parse().unwrap_or(0.0);
-            }
-        }
-    }
-    r
-}
-
-async fn metric(http: &reqwest::Client, base: &str, name: &str) -> f64 {
-    let Ok(r) = http.get(format!("{base}/metrics")).send().await else {
-        return 0.0;
-    };
-    let text = r.text().await.unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).map(str::trim))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) -> Figures {
+    let http = common::http_client();
     let db = Database::create(setup.db).await;
     let dir = tempfile::tempdir().expect("tempdir");
     // Dropped last: the SMSC outlives the gateways that are bound to it.
@@ -408,13 +180,16 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) {
     };
     let mut gateways = Vec::new();
     for i in 0..setup.replicas {
-        gateways.push(spawn(
+        gateways.push(spawn_gateway(
             dir.path(),
             &format!("r{}", i + 1),
             &db.url,
-            &rx.ca_file,
-            smsc.as_ref().map(|(_, port)| *port),
-            hooks.as_ref().map(|h| h.port),
+            &GatewayOptions {
+                ca: Some(rx.ca_file.clone()),
+                smsc: smsc.as_ref().map(|(_, port)| *port),
+                hooks: hooks.as_ref().map(|h| h.port),
+                ..GatewayOptions::default()
+            },
         ));
         // One at a time: the first migrates the new database.
         wait_ready(&http, &gateways[i].base).await;
@@ -444,36 +219,22 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) {
     let due_ms = unix_ms() + (secs as i64 + 4) * 1000;
     let not_before = dmpushd::api::rfc3339(due_ms.div_euclid(1000) * 1000 + 1000);
     let due_ms = due_ms.div_euclid(1000) * 1000 + 1000;
-    let script = wrk_script(dir.path(), &not_before);
+    let script = wrk_script(dir.path(), "bench-", DEVICES, &not_before, 3600);
     let per = (connections / setup.replicas).max(1);
     let threads = if setup.replicas == 1 { 2 } else { 1 };
     let wrks: Vec<_> = gateways
         .iter()
-        .map(|g| {
-            Command::new("wrk")
-                .args([
-                    format!("-t{threads}"),
-                    format!("-c{per}"),
-                    format!("-d{secs}s"),
-                    "--latency".into(),
-                    "-s".into(),
-                ])
-                .arg(&script)
-                .arg(format!("{}/v1/pushes", g.base))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("wrk is installed (apt-get install wrk)")
-        })
+        .map(|g| start_wrk(threads, per, secs, Some(&script), &format!("{}/v1/pushes", g.base)))
         .collect();
     let mut wrk_secs: f64 = 0.0;
     let mut non_2xx = 0;
     let mut lat = Vec::new();
+    let mut p99_ms: f64 = 0.0;
     for w in wrks {
-        let out = w.wait_with_output().expect("wrk finished");
-        let r = parse_wrk(&String::from_utf8_lossy(&out.stdout));
+        let r = finish_wrk(w);
         wrk_secs = wrk_secs.max(r.secs);
         non_2xx += r.non_2xx;
+        p99_ms = p99_ms.max(wrk_ms(&r.p99));
         lat.push(format!("{}/{}", r.p50, r.p99));
     }
     // Requests in flight when wrk stopped still commit (and are answered) afterwards: wait until
@@ -650,12 +411,197 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) {
     drop(smsc);
     drop(hooks);
     db.drop_now().await;
+    Figures {
+        accepts: accepted as f64 / wrk_secs.max(0.001),
+        deliveries: accepted as f64 / delivered_at.as_secs_f64(),
+        p99_ms,
+    }
+}
+
+/// wrk's latency text ("1.23ms", "850.00us", "1.02s") in milliseconds.
+fn wrk_ms(t: &str) -> f64 {
+    let t = t.trim();
+    let (num, scale) = if let Some(v) = t.strip_suffix("us") {
+        (v, 0.001)
+    } else if let Some(v) = t.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = t.strip_suffix('s') {
+        (v, 1000.0)
+    } else {
+        (t, f64::NAN)
+    };
+    num.parse::<f64>().map_or(f64::NAN, |v| v * scale)
+}
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
+
+/// Kannel's PPG pushing `pushes` DM notifications to `dmpushd sim`; pushes/s from PAP start to
+/// the last `submit_sm` the SMSC saw, or None when Kannel is not installed.
+fn run_kannel(pushes: usize) -> Option<f64> {
+    if !(on_path("bearerbox") && on_path("wapbox")) {
+        println!(
+            "| kannel     | skipped: bearerbox/wapbox not installed (bash scripts/install.d/kannel.sh --bench) |"
+        );
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path();
+    // Kannel asks for no receipts (no dlr-mask); --no-dlr as in benches/wap_kannel/run.sh.
+    let smsc = CountingSmsc::spawn(&["--no-dlr"]);
+    let (admin, smsbox, wapbox, ppg) = (free_port(), free_port(), free_port(), free_port());
+    let conf = include_str!("wap_kannel/ppg.conf.in")
+        .replace("@WORK@", &work.display().to_string())
+        .replace("@PORT@", &smsc.port.to_string())
+        .replace("@WINDOW@", "50")
+        .replace("@ADMIN_PORT@", &admin.to_string())
+        .replace("@SMSBOX_PORT@", &smsbox.to_string())
+        .replace("@WAPBOX_PORT@", &wapbox.to_string())
+        .replace("@PPG_PORT@", &ppg.to_string());
+    let conf_path = work.join("ppg.conf");
+    std::fs::write(&conf_path, conf).expect("write ppg.conf");
+    let boxed = |bin: &str| {
+        let log = std::fs::File::create(work.join(format!("{bin}.out"))).expect("log file");
+        Gateway {
+            child: Command::new(bin)
+                .args(["-v", "4"])
+                .arg(&conf_path)
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("{bin} starts: {e}")),
+            base: String::new(),
+        }
+    };
+    let bearerbox = boxed("bearerbox");
+    wait_listening(wapbox, "bearerbox (wapbox port)");
+    let wapbox_p = boxed("wapbox");
+    wait_listening(ppg, "wapbox (PPG port)");
+    // bearerbox binds its SMPP session on its own schedule: start when the SMSC has seen it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while smsc.snapshot().0 == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "bearerbox never bound to the SMSC (logs in {})",
+            work.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t0 = Instant::now();
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/wap_kannel/pap_load.py"))
+        .arg(format!("http://127.0.0.1:{ppg}/wappush"))
+        .arg("+491701234567")
+        .arg(pushes.to_string())
+        .arg("20")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("python3 runs pap_load.py");
+    let pap_done = t0.elapsed();
+    let pap_out = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(out.status.success(), "PAP load failed: {pap_out} (logs in {})", work.display());
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let (first, last) = loop {
+        let (_, n, first, last) = smsc.snapshot();
+        if n >= pushes as u64 {
+            break (first.unwrap_or(t0), last.unwrap_or(t0));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} of {pushes} submit_sm at the SMSC after 600 s (logs in {})",
+            work.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let to_last = last.saturating_duration_since(t0);
+    let rate = pushes as f64 / to_last.as_secs_f64();
+    println!(
+        "| kannel     | 1 | {:>9.0} | {pushes:>7} | {:>13} | {rate:>12.0} | {:>8} | {:>7} | - |",
+        pushes as f64 / pap_done.as_secs_f64(),
+        "(PAP)",
+        format!("{:.1} s", to_last.as_secs_f64()),
+        smsc.snapshot().1 - pushes as u64,
+    );
+    println!(
+        "  kannel: {pap_out} in {:.1} s; submit_sm first→last {:.0}/s; PAP start → last submit_sm {:.1} s",
+        pap_done.as_secs_f64(),
+        (pushes.saturating_sub(1)) as f64 / last.saturating_duration_since(first).as_secs_f64().max(0.001),
+        to_last.as_secs_f64(),
+    );
+    drop(wapbox_p);
+    drop(bearerbox);
+    drop(smsc);
+    Some(rate)
+}
+
+/// wrk GET `/healthz` on an idle SQLite gateway: requests/s (the HTTP ceiling of the machine).
+async fn run_healthz(secs: u64, connections: usize) -> f64 {
+    let http = common::http_client();
+    let db = Database::create(Db::Sqlite).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = spawn_gateway(dir.path(), "r1", &db.url, &GatewayOptions::default());
+    wait_ready(&http, &g.base).await;
+    let r = finish_wrk(start_wrk(
+        2,
+        connections,
+        secs,
+        None,
+        &format!("{}/healthz", g.base),
+    ));
+    let rate = (r.requests - r.non_2xx) as f64 / r.secs.max(0.001);
+    println!(
+        "| healthz    | 1 | {rate:>9.0} | {:>7} | {:>13} | {:>12} | {:>8} | {:>7} | - |",
+        r.requests,
+        format!("{}/{}", r.p50, r.p99),
+        "-",
+        "-",
+        "-",
+    );
+    drop(g);
+    db.drop_now().await;
+    rate
+}
+
+/// One row of the ratio table: `num ÷ den` against `≥ target`.
+fn ratio_line(what: &str, num: Option<f64>, den: Option<f64>, target: f64) {
+    match (num, den) {
+        (Some(n), Some(d)) if d > 0.0 => {
+            let r = n / d;
+            println!(
+                "| {what} | {n:.0} / {d:.0} | **{r:.2}** | ≥ {target} | {} |",
+                if r >= target { "met" } else { "not met" }
+            );
+        }
+        _ => println!("| {what} | (a setup is not in this run) | - | ≥ {target} | - |"),
+    }
+}
+
+/// The accept row: the ratio to `/healthz` (reported), and the absolute target (≥ 30,000/s,
+/// p99 ≤ 20 ms) that the issue sets.
+fn accept_line(what: &str, f: Option<&Figures>, healthz: Option<f64>) {
+    match (f, healthz) {
+        (Some(f), Some(h)) if h > 0.0 => println!(
+            "| {what} | {:.0} / {h:.0} | **{:.2}** | 30,000/s, p99 ≤ 20 ms: {:.0}/s, p99 {:.1} ms | {} |",
+            f.accepts,
+            f.accepts / h,
+            f.accepts,
+            f.p99_ms,
+            if f.accepts >= 30_000.0 && f.p99_ms <= 20.0 {
+                "met"
+            } else {
+                "not met"
+            }
+        ),
+        _ => println!("| {what} | (a setup is not in this run) | - | 30,000/s, p99 ≤ 20 ms | - |"),
+    }
 }
 
 fn main() {
     let mut secs = 10u64;
     let mut connections = 256usize;
-    let mut setups = "sqlite,pg1,pg2,sqlite-sms,pg1-sms,sqlite-hooks,pg1-hooks".to_owned();
+    let mut kannel_pushes = 5000usize;
+    let mut setups = "healthz,sqlite,pg1,sqlite-sms,pg1-sms,kannel".to_owned();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -666,59 +612,47 @@ fn main() {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(connections)
             }
+            "--kannel-pushes" => {
+                kannel_pushes = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(kannel_pushes)
+            }
             "--setups" => setups = args.next().unwrap_or(setups),
             _ => {} // cargo bench passes --bench
         }
     }
+    let gw = |name, db, replicas, wap, hooks| Setup {
+        name,
+        kind: Kind::Gateway,
+        db,
+        replicas,
+        wap,
+        hooks,
+    };
     let all = [
         Setup {
-            name: "sqlite",
+            name: "healthz",
+            kind: Kind::Healthz,
             db: Db::Sqlite,
             replicas: 1,
             wap: false,
             hooks: false,
         },
+        gw("sqlite", Db::Sqlite, 1, false, false),
+        gw("pg1", Db::Postgres, 1, false, false),
+        gw("pg2", Db::Postgres, 2, false, false),
+        gw("sqlite-sms", Db::Sqlite, 1, true, false),
+        gw("pg1-sms", Db::Postgres, 1, true, false),
+        gw("sqlite-hooks", Db::Sqlite, 1, false, true),
+        gw("pg1-hooks", Db::Postgres, 1, false, true),
         Setup {
-            name: "pg1",
-            db: Db::Postgres,
-            replicas: 1,
-            wap: false,
-            hooks: false,
-        },
-        Setup {
-            name: "pg2",
-            db: Db::Postgres,
-            replicas: 2,
-            wap: false,
-            hooks: false,
-        },
-        Setup {
-            name: "sqlite-sms",
+            name: "kannel",
+            kind: Kind::Kannel,
             db: Db::Sqlite,
             replicas: 1,
             wap: true,
             hooks: false,
-        },
-        Setup {
-            name: "pg1-sms",
-            db: Db::Postgres,
-            replicas: 1,
-            wap: true,
-            hooks: false,
-        },
-        Setup {
-            name: "sqlite-hooks",
-            db: Db::Sqlite,
-            replicas: 1,
-            wap: false,
-            hooks: true,
-        },
-        Setup {
-            name: "pg1-hooks",
-            db: Db::Postgres,
-            replicas: 1,
-            wap: false,
-            hooks: true,
         },
     ];
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -729,14 +663,36 @@ fn main() {
     rt.block_on(async {
         let rx = Receiver::start(Duration::ZERO).await;
         println!(
-            "e2e: {secs} s of accepts at {connections} connections per setup, {DEVICES} devices, HTTPS receiver on 127.0.0.1"
+            "e2e: {secs} s of accepts at {connections} connections per setup, {DEVICES} devices, HTTPS receiver on 127.0.0.1; \
+             kannel: {kannel_pushes} PAP pushes; load average {} at the start",
+            common::load_average()
         );
         println!(
             "| setup      | replicas | accepts/s | pushes  | wrk p50/p99   | deliveries/s | drained  | dupes   | per replica |"
         );
         println!("|---|---|---|---|---|---|---|---|---|");
+        let mut figures: BTreeMap<&str, Figures> = BTreeMap::new();
+        let mut kannel = None;
+        let mut healthz = None;
         for s in all.iter().filter(|s| setups.split(',').any(|n| n == s.name)) {
-            run(s, secs, connections, &rx).await;
+            match s.kind {
+                Kind::Gateway => {
+                    figures.insert(s.name, run(s, secs, connections, &rx).await);
+                }
+                Kind::Kannel => kannel = run_kannel(kannel_pushes),
+                Kind::Healthz => healthz = Some(run_healthz(secs, connections).await),
+            }
         }
+        let d = |n: &str| figures.get(n).map(|f| f.deliveries);
+        println!();
+        println!("issue 14 ratios (this run; load average {} at the end):", common::load_average());
+        println!("| ratio | figures | value | target | |");
+        println!("|---|---|---|---|---|");
+        ratio_line("SQLite: SMS ÷ HTTPS deliveries/s", d("sqlite-sms"), d("sqlite"), 0.8);
+        ratio_line("PostgreSQL: SMS ÷ HTTPS deliveries/s", d("pg1-sms"), d("pg1"), 0.8);
+        ratio_line("sqlite-sms deliveries/s ÷ Kannel pushes/s", d("sqlite-sms"), kannel, 3.0);
+        ratio_line("pg1-sms deliveries/s ÷ Kannel pushes/s", d("pg1-sms"), kannel, 3.0);
+        accept_line("SQLite accepts/s ÷ /healthz requests/s", figures.get("sqlite"), healthz);
+        accept_line("PostgreSQL accepts/s ÷ /healthz requests/s", figures.get("pg1"), healthz);
     });
 }

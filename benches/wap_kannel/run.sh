@@ -21,7 +21,8 @@ wait_for() { # $1 = description, $2.. = command; 20 s deadline
   echo "timeout waiting for $what (logs in $work)" >&2; for f in "$work"/*.out; do tail -n 5 "$f" >&2; done; exit 1
 }
 wait_for simulator grep -q LISTENING "$work/sim.out"
-sed -e "s|@WORK@|$work|g" -e "s|@PORT@|$port|" -e "s|@WINDOW@|$WINDOW|" "$here/ppg.conf.in" > "$work/ppg.conf"
+sed -e "s|@WORK@|$work|g" -e "s|@PORT@|$port|" -e "s|@WINDOW@|$WINDOW|" -e "s|@ADMIN_PORT@|23000|" \
+  -e "s|@SMSBOX_PORT@|23001|" -e "s|@WAPBOX_PORT@|23002|" -e "s|@PPG_PORT@|23080|" "$here/ppg.conf.in" > "$work/ppg.conf"
 bearerbox -v 4 "$work/ppg.conf" > "$work/bb.out" 2>&1 & pids+=($!)
 wait_for bearerbox bash -c "exec 3<>/dev/tcp/127.0.0.1/23002"
 wapbox -v 4 "$work/ppg.conf" > "$work/wap.out" 2>&1 & pids+=($!)
