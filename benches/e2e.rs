@@ -224,7 +224,15 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) -> Fig
     let threads = if setup.replicas == 1 { 2 } else { 1 };
     let wrks: Vec<_> = gateways
         .iter()
-        .map(|g| start_wrk(threads, per, secs, Some(&script), &format!("{}/v1/pushes", g.base)))
+        .map(|g| {
+            start_wrk(
+                threads,
+                per,
+                secs,
+                Some(&script),
+                &format!("{}/v1/pushes", g.base),
+            )
+        })
         .collect();
     let mut wrk_secs: f64 = 0.0;
     let mut non_2xx = 0;
@@ -434,7 +442,8 @@ fn wrk_ms(t: &str) -> f64 {
 }
 
 fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
 }
 
 /// Kannel's PPG pushing `pushes` DM notifications to `dmpushd sim`; pushes/s from PAP start to
@@ -490,7 +499,10 @@ fn run_kannel(pushes: usize) -> Option<f64> {
     }
     let t0 = Instant::now();
     let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/wap_kannel/pap_load.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/wap_kannel/pap_load.py"
+        ))
         .arg(format!("http://127.0.0.1:{ppg}/wappush"))
         .arg("+491701234567")
         .arg(pushes.to_string())
@@ -500,7 +512,11 @@ fn run_kannel(pushes: usize) -> Option<f64> {
         .expect("python3 runs pap_load.py");
     let pap_done = t0.elapsed();
     let pap_out = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(out.status.success(), "PAP load failed: {pap_out} (logs in {})", work.display());
+    assert!(
+        out.status.success(),
+        "PAP load failed: {pap_out} (logs in {})",
+        work.display()
+    );
     let deadline = Instant::now() + Duration::from_secs(600);
     let (first, last) = loop {
         let (_, n, first, last) = smsc.snapshot();
@@ -526,7 +542,11 @@ fn run_kannel(pushes: usize) -> Option<f64> {
     println!(
         "  kannel: {pap_out} in {:.1} s; submit_sm first→last {:.0}/s; PAP start → last submit_sm {:.1} s",
         pap_done.as_secs_f64(),
-        (pushes.saturating_sub(1)) as f64 / last.saturating_duration_since(first).as_secs_f64().max(0.001),
+        (pushes.saturating_sub(1)) as f64
+            / last
+                .saturating_duration_since(first)
+                .as_secs_f64()
+                .max(0.001),
         to_last.as_secs_f64(),
     );
     drop(wapbox_p);

@@ -76,7 +76,14 @@ struct Measure {
 }
 
 /// A JSON array of `n` pushes to `{prefix}0..devices` (rotating), due at `not_before`.
-fn batch_body(prefix: &str, devices: usize, n: usize, start: usize, not_before: &str, ttl: u64) -> String {
+fn batch_body(
+    prefix: &str,
+    devices: usize,
+    n: usize,
+    start: usize,
+    not_before: &str,
+    ttl: u64,
+) -> String {
     let items: Vec<String> = (0..n)
         .map(|i| {
             format!(
@@ -365,7 +372,9 @@ async fn churn(a: &Args) {
         mib(idle),
         common::load_average()
     );
-    println!("| t (s) | offered | accepted | delivered | purged | in the database (by state) | RSS MiB |");
+    println!(
+        "| t (s) | offered | accepted | delivered | purged | in the database (by state) | RSS MiB |"
+    );
     println!("|---|---|---|---|---|---|---|");
     let offered = Arc::new(AtomicU64::new(0));
     let accepted = Arc::new(AtomicU64::new(0));
@@ -390,7 +399,14 @@ async fn churn(a: &Args) {
             while !stop.is_cancelled() {
                 tick.tick().await;
                 let permit = permits.clone().acquire_owned().await.expect("semaphore");
-                let body = batch_body("load-", LOAD_DEVICES, per_tick, n, &common::now_rfc3339(), 3600);
+                let body = batch_body(
+                    "load-",
+                    LOAD_DEVICES,
+                    per_tick,
+                    n,
+                    &common::now_rfc3339(),
+                    3600,
+                );
                 n += per_tick;
                 offered.fetch_add(per_tick as u64, Ordering::Relaxed);
                 let (http, base, accepted) = (http.clone(), base.clone(), accepted.clone());
@@ -413,7 +429,9 @@ async fn churn(a: &Args) {
         let states = db.states().await;
         let final_n: i64 = states
             .iter()
-            .filter(|(s, _)| dmpushd::domain::push::PushState::parse(s).is_some_and(|p| p.is_final()))
+            .filter(|(s, _)| {
+                dmpushd::domain::push::PushState::parse(s).is_some_and(|p| p.is_final())
+            })
             .map(|(_, n)| n)
             .sum();
         finals.push(final_n);

@@ -325,6 +325,8 @@ pub fn spawn_gateway(dir: &Path, name: &str, db_url: &str, o: &GatewayOptions) -
 }
 
 pub fn http_client() -> reqwest::Client {
+    // reqwest is built without a default rustls provider.
+    dmpushd::tls::install_provider();
     reqwest::Client::builder()
         .no_proxy()
         .build()
@@ -576,7 +578,13 @@ pub struct CountingReceiver {
 }
 
 impl CountingReceiver {
-    pub async fn start(pki: (String, rustls::pki_types::CertificateDer<'static>, rustls::pki_types::PrivateKeyDer<'static>)) -> CountingReceiver {
+    pub async fn start(
+        pki: (
+            String,
+            rustls::pki_types::CertificateDer<'static>,
+            rustls::pki_types::PrivateKeyDer<'static>,
+        ),
+    ) -> CountingReceiver {
         use hyper::{Request, Response, service::service_fn};
         dmpushd::tls::install_provider();
         let (ca_pem, leaf, key) = pki;
