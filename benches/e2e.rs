@@ -3,7 +3,7 @@
 //! replica and on PostgreSQL with one and two replicas, over HTTPS and over SMS, against Kannel's
 //! PPG and the HTTP ceiling (`/healthz`), in one run on one machine; the issue-14 ratios last.
 //!
-//! `cargo bench --bench e2e -- [--seconds 10] [--connections 256] [--kannel-pushes 5000]
+//! `cargo bench --bench e2e -- [--seconds 10] [--connections 256] [--kannel-pushes 20000]
 //! [--setups healthz,sqlite,pg1,sqlite-sms,pg1-sms,kannel]` (the default; also `pg2`,
 //! `sqlite-hooks`, `pg1-hooks`)
 //!
@@ -620,7 +620,7 @@ fn accept_line(what: &str, f: Option<&Figures>, healthz: Option<f64>) {
 fn main() {
     let mut secs = 10u64;
     let mut connections = 256usize;
-    let mut kannel_pushes = 5000usize;
+    let mut kannel_pushes = 20_000usize;
     let mut setups = "healthz,sqlite,pg1,sqlite-sms,pg1-sms,kannel".to_owned();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

@@ -121,6 +121,13 @@ impl Database {
         }
     }
 
+    /// SQLite only: the sizes of the database file and of its write-ahead log, in bytes.
+    pub fn sqlite_sizes(&self) -> Option<(u64, u64)> {
+        let path = self.url.strip_prefix("sqlite://")?;
+        let size = |p: &str| std::fs::metadata(p).map_or(0, |m| m.len());
+        Some((size(path), size(&format!("{path}-wal"))))
+    }
+
     /// (all pushes, delivered pushes).
     pub async fn counts(&self) -> (i64, i64) {
         const Q: &str = "SELECT COUNT(*), COALESCE(SUM(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END), 0) FROM pushes";
