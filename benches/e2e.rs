@@ -5,7 +5,7 @@
 //!
 //! `cargo bench --bench e2e -- [--seconds 10] [--connections 256] [--kannel-pushes 20000]
 //! [--setups healthz,sqlite,pg1,sqlite-sms,pg1-sms,kannel]` (the default; also `pg2`,
-//! `sqlite-hooks`, `pg1-hooks`)
+//! `sqlite-hooks`, `pg1-hooks`, `pg1-sms-pinned`, `pg2-sms-pinned`)
 //!
 //! Per gateway setup: a fresh database (a temporary SQLite file, or a new PostgreSQL database
 //! through `DMPUSHD_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`), the
@@ -37,6 +37,11 @@
 //! free ones picked per run (config from `benches/wap_kannel/ppg.conf.in`); the setup is skipped
 //! with a message when `bearerbox`/`wapbox` are not installed (`bash scripts/install.d/kannel.sh
 //! --bench`).
+//!
+//! `pg1-sms-pinned`, `pg2-sms-pinned` (issue 14 target 4): `pg1-sms` with each replica pinned to
+//! its own CPU (`taskset -c i`, round-robin over the CPUs this process may use), one replica and
+//! then two; wrk, PostgreSQL and the SMSC are not pinned and share all CPUs. On a 2-core machine
+//! that gives each replica its own core but nothing else its own (said with the figures).
 //!
 //! `healthz`: wrk GETs `/healthz` of an idle SQLite gateway at the same connections for
 //! `--seconds`: the HTTP ceiling the accept rate is compared with.
@@ -87,6 +92,8 @@ struct Setup {
     wap: bool,
     /// The tenant sends webhooks to the local [`HookCounter`].
     hooks: bool,
+    /// Replica `i` runs on CPU `i` only (`taskset`; issue 14 target 4).
+    pinned: bool,
 }
 
 /// A gateway setup's figures, for the ratios.
@@ -188,6 +195,7 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) -> Fig
                 ca: Some(rx.ca_file.clone()),
                 smsc: smsc.as_ref().map(|(_, port)| *port),
                 hooks: hooks.as_ref().map(|h| h.port),
+                cpu: setup.pinned.then_some(i % cpus()),
                 ..GatewayOptions::default()
             },
         ));
@@ -617,6 +625,11 @@ fn accept_line(what: &str, f: Option<&Figures>, healthz: Option<f64>) {
     }
 }
 
+/// CPUs this process may run on (replicas are pinned round-robin over them).
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn main() {
     let mut secs = 10u64;
     let mut connections = 256usize;
@@ -649,6 +662,11 @@ fn main() {
         replicas,
         wap,
         hooks,
+        pinned: false,
+    };
+    let pinned = |name, replicas| Setup {
+        pinned: true,
+        ..gw(name, Db::Postgres, replicas, true, false)
     };
     let all = [
         Setup {
@@ -658,6 +676,7 @@ fn main() {
             replicas: 1,
             wap: false,
             hooks: false,
+            pinned: false,
         },
         gw("sqlite", Db::Sqlite, 1, false, false),
         gw("pg1", Db::Postgres, 1, false, false),
@@ -666,6 +685,8 @@ fn main() {
         gw("pg1-sms", Db::Postgres, 1, true, false),
         gw("sqlite-hooks", Db::Sqlite, 1, false, true),
         gw("pg1-hooks", Db::Postgres, 1, false, true),
+        pinned("pg1-sms-pinned", 1),
+        pinned("pg2-sms-pinned", 2),
         Setup {
             name: "kannel",
             kind: Kind::Kannel,
@@ -673,6 +694,7 @@ fn main() {
             replicas: 1,
             wap: true,
             hooks: false,
+            pinned: false,
         },
     ];
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -712,6 +734,12 @@ fn main() {
         ratio_line("PostgreSQL: SMS ÷ HTTPS deliveries/s", d("pg1-sms"), d("pg1"), 0.8);
         ratio_line("sqlite-sms deliveries/s ÷ Kannel pushes/s", d("sqlite-sms"), kannel, 3.0);
         ratio_line("pg1-sms deliveries/s ÷ Kannel pushes/s", d("pg1-sms"), kannel, 3.0);
+        ratio_line(
+            "PostgreSQL SMS, replicas pinned: 2 ÷ 1 deliveries/s",
+            d("pg2-sms-pinned"),
+            d("pg1-sms-pinned"),
+            1.5,
+        );
         accept_line("SQLite accepts/s ÷ /healthz requests/s", figures.get("sqlite"), healthz);
         accept_line("PostgreSQL accepts/s ÷ /healthz requests/s", figures.get("pg1"), healthz);
     });

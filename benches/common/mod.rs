@@ -286,6 +286,9 @@ pub struct GatewayOptions {
     pub store_extra: String,
     /// Extra `key = value` lines in `[queue]`.
     pub queue_extra: String,
+    /// Run the gateway on this CPU only (`taskset -c`), so that replicas each get their own core
+    /// (issue 14 target 4); `None` = wherever the scheduler puts it.
+    pub cpu: Option<usize>,
 }
 
 pub fn spawn_gateway(dir: &Path, name: &str, db_url: &str, o: &GatewayOptions) -> Gateway {
@@ -318,7 +321,15 @@ pub fn spawn_gateway(dir: &Path, name: &str, db_url: &str, o: &GatewayOptions) -
         ),
     )
     .expect("write config");
-    let child = Command::new(env!("CARGO_BIN_EXE_dmpushd"))
+    let mut cmd = match o.cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string(), env!("CARGO_BIN_EXE_dmpushd")]);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_dmpushd")),
+    };
+    let child = cmd
         .args(["serve", "--config"])
         .arg(&path)
         .stdout(Stdio::null())
