@@ -44,11 +44,14 @@ pub struct Metrics {
 /// the label values the counter vecs already hold (routes × methods × statuses; tenants).
 #[derive(Default)]
 struct Handles {
-    /// Matched route → (method, status, handle): a handful per route, scanned.
-    http: RwLock<HashMap<Box<str>, Vec<(Method, u16, IntCounter)>>>,
+    /// Matched route → its handles: a handful per route, scanned.
+    http: RwLock<HashMap<Box<str>, Vec<RouteHandle>>>,
     /// Tenant label value → handle.
     accepted: RwLock<HashMap<Box<str>, IntCounter>>,
 }
+
+/// One `(method, status)` series of a route.
+type RouteHandle = (Method, u16, IntCounter);
 
 /// The tenant label value on an unauthenticated `/metrics` (tenant names are not public).
 pub const ANY_TENANT: &str = "_";

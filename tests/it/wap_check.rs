@@ -9,6 +9,15 @@ use dmpushd::codec::bootstrap::Sec;
 
 use crate::support::{self, wap::sms_target};
 
+/// Name, target, content type, body, bootstrap signature.
+type Case<'a> = (
+    &'static str,
+    DeviceBinding,
+    ContentType,
+    Vec<u8>,
+    Option<&'a Signature>,
+);
+
 #[tokio::test]
 async fn check_and_preview_agree_on_every_refusal() {
     let (ctx, _receipts) = support::binding_context(4);
@@ -58,13 +67,7 @@ async fn check_and_preview_agree_on_every_refusal() {
         mac: "0".repeat(40),
     };
 
-    let cases: Vec<(
-        &str,
-        DeviceBinding,
-        ContentType,
-        Vec<u8>,
-        Option<&Signature>,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (
             "udp xml",
             udp.clone(),
