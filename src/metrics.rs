@@ -1,6 +1,12 @@
 //! Prometheus metrics of the core (bindings register their own in the same registry).
 //! Every name starts with `dmpushd_` (DESIGN §5).
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use axum::http::Method;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -26,10 +32,26 @@ pub struct Metrics {
     pub lease_takeovers: IntCounter,
     /// Final pushes deleted by retention (`store.retention_seconds`).
     pub store_purged: IntCounter,
+    /// Counter handles of the per-request series, so that counting a request neither formats
+    /// nor hashes label text (`with_label_values` does both, on every call).
+    handles: Arc<Handles>,
     /// `server.metrics_token`: when set, `/metrics` requires it and labels name tenants;
     /// when not, `/metrics` is public and every tenant label is [`ANY_TENANT`].
     token: Option<std::sync::Arc<str>>,
 }
+
+/// See [`Metrics::count_request`] and [`Metrics::count_accepted`]. Both maps are bounded by
+/// the label values the counter vecs already hold (routes × methods × statuses; tenants).
+#[derive(Default)]
+struct Handles {
+    /// Matched route → its handles: a handful per route, scanned.
+    http: RwLock<HashMap<Box<str>, Vec<RouteHandle>>>,
+    /// Tenant label value → handle.
+    accepted: RwLock<HashMap<Box<str>, IntCounter>>,
+}
+
+/// One `(method, status)` series of a route.
+type RouteHandle = (Method, u16, IntCounter);
 
 /// The tenant label value on an unauthenticated `/metrics` (tenant names are not public).
 pub const ANY_TENANT: &str = "_";
@@ -47,6 +69,53 @@ impl Metrics {
         } else {
             ANY_TENANT
         }
+    }
+
+    /// Counts one API request in `dmpushd_http_requests_total{route="<method> <route>",status}`.
+    pub fn count_request(&self, method: &Method, route: &str, status: u16) {
+        {
+            let http = self.handles.http.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, _, c)) = http
+                .get(route)
+                .and_then(|v| v.iter().find(|(m, s, _)| m == method && *s == status))
+            {
+                c.inc();
+                return;
+            }
+        }
+        let c = self
+            .http_requests
+            .with_label_values(&[&format!("{method} {route}"), &status.to_string()]);
+        c.inc();
+        let mut http = self.handles.http.write().unwrap_or_else(|p| p.into_inner());
+        let v = http.entry(route.into()).or_default();
+        // Another request may have added the same handle meanwhile: one is enough.
+        if !v.iter().any(|(m, s, _)| m == method && *s == status) {
+            v.push((method.clone(), status, c));
+        }
+    }
+
+    /// Counts one push committed to the queue for `tenant` (`dmpushd_pushes_accepted_total`).
+    pub fn count_accepted(&self, tenant: &str) {
+        let label = self.tenant_label(tenant);
+        if let Some(c) = self
+            .handles
+            .accepted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(label)
+        {
+            c.inc();
+            return;
+        }
+        let c = self.pushes_accepted.with_label_values(&[label]);
+        c.inc();
+        self.handles
+            .accepted
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(label.into())
+            .or_insert(c);
     }
 
     /// Whether a request's bearer token may read `/metrics` (constant time in its content).
@@ -195,6 +264,7 @@ impl Metrics {
             claim_size,
             lease_takeovers,
             store_purged,
+            handles: Arc::default(),
             token: None,
         })
     }
@@ -223,5 +293,31 @@ mod tests {
         // Zero from the start, so that a dashboard's rate() sees the first takeover.
         assert!(text.contains("dmpushd_lease_takeovers_total 0"), "{text}");
         assert!(text.contains("dmpushd_store_purged_total 0"), "{text}");
+    }
+
+    /// The cached handles count into the same series `with_label_values` would, one per
+    /// route, method and status, and per tenant label.
+    #[test]
+    fn cached_handles_count_into_the_labelled_series() {
+        use axum::http::Method;
+        let mut m = super::Metrics::new().unwrap();
+        for _ in 0..3 {
+            m.count_request(&Method::POST, "/v1/pushes", 202);
+        }
+        m.count_request(&Method::POST, "/v1/pushes", 422);
+        m.count_request(&Method::GET, "/v1/pushes", 202);
+        let get =
+            |route: &str, status: &str| m.http_requests.with_label_values(&[route, status]).get();
+        assert_eq!(get("POST /v1/pushes", "202"), 3);
+        assert_eq!(get("POST /v1/pushes", "422"), 1);
+        assert_eq!(get("GET /v1/pushes", "202"), 1);
+        m.count_accepted("a");
+        m.count_accepted("b");
+        assert_eq!(m.pushes_accepted.with_label_values(&["_"]).get(), 2);
+        // Protected: tenants are named, and a cached "_" handle does not swallow them.
+        m.protect(Some("t"));
+        m.count_accepted("a");
+        assert_eq!(m.pushes_accepted.with_label_values(&["a"]).get(), 1);
+        assert_eq!(m.pushes_accepted.with_label_values(&["_"]).get(), 2);
     }
 }

@@ -15,18 +15,18 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::{ApiState, Problem};
+use super::{Problem, SharedState};
 
 /// The authenticated administrator of a request (its `[[admins]]` name).
 #[derive(Clone, Debug)]
 pub struct Admin(pub String);
 
 /// Admits `[[admins]]` tokens; everything else is the 404 of an unknown route.
-pub async fn auth(State(st): State<ApiState>, mut req: Request, next: Next) -> Response {
+pub async fn auth(State(st): State<SharedState>, mut req: Request, next: Next) -> Response {
     let name = super::bearer(&req).and_then(|t| st.admins.lookup(t));
     match name {
         Some(name) => {
-            req.extensions_mut().insert(Admin(name.to_owned()));
+            req.extensions_mut().insert(Admin(name.to_string()));
             next.run(req).await
         }
         None => super::not_found().await.into_response(),
@@ -43,7 +43,7 @@ pub async fn auth(State(st): State<ApiState>, mut req: Request, next: Next) -> R
     security(("bearer" = [])))]
 /// Replicas, queue depth by state, per binding its health and outcome counts (since this
 /// replica started), per SMSC its session state. What `/readyz` reports, in full.
-pub async fn status(State(st): State<ApiState>) -> Result<Json<Value>, Problem> {
+pub async fn status(State(st): State<SharedState>) -> Result<Json<Value>, Problem> {
     let depth = st.store.queue_depth().await?;
     let mut queue = serde_json::Map::new();
     for s in crate::store::PushState::ALL {
@@ -101,7 +101,7 @@ pub async fn status(State(st): State<ApiState>) -> Result<Json<Value>, Problem> 
     responses((status = 200, body = Object), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn suspend(
-    st: State<ApiState>,
+    st: State<SharedState>,
     admin: Extension<Admin>,
     name: Path<String>,
 ) -> Result<Response, Problem> {
@@ -113,7 +113,7 @@ pub async fn suspend(
     responses((status = 200, body = Object), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn resume(
-    st: State<ApiState>,
+    st: State<SharedState>,
     admin: Extension<Admin>,
     name: Path<String>,
 ) -> Result<Response, Problem> {
@@ -121,7 +121,7 @@ pub async fn resume(
 }
 
 async fn set(
-    State(st): State<ApiState>,
+    State(st): State<SharedState>,
     Extension(Admin(admin)): Extension<Admin>,
     Path(name): Path<String>,
     suspended: bool,

@@ -9,7 +9,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{ApiState, Problem, Tenant, problem, rfc3339, validate};
+use super::{Problem, SharedState, Tenant, problem, rfc3339, validate};
 use crate::domain::{Device, DeviceBinding, DmCredentials};
 
 /// Body of `PUT /v1/devices/{id}`.
@@ -99,7 +99,7 @@ pub struct DeviceList {
     responses((status = 201, body = DeviceView), (status = 200, body = DeviceView), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn put(
-    State(st): State<ApiState>,
+    State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -114,7 +114,7 @@ pub async fn put(
     }
     let now = crate::domain::now_ms();
     let device = Device {
-        tenant,
+        tenant: tenant.to_string(),
         id,
         bindings,
         dm: req.dm,
@@ -138,7 +138,7 @@ pub async fn put(
 #[utoipa::path(get, path = "/v1/devices/{id}", params(("id" = String, Path)),
     responses((status = 200, body = DeviceView), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
-    State(st): State<ApiState>,
+    State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceView>, Problem> {
@@ -151,7 +151,7 @@ pub async fn get(
 #[utoipa::path(delete, path = "/v1/devices/{id}", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn delete(
-    State(st): State<ApiState>,
+    State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
@@ -165,7 +165,7 @@ pub async fn delete(
 #[utoipa::path(get, path = "/v1/devices", params(ListQuery),
     responses((status = 200, body = DeviceList)), security(("bearer" = [])))]
 pub async fn list(
-    State(st): State<ApiState>,
+    State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<DeviceList>, Problem> {

@@ -43,7 +43,9 @@ pub struct ApiLimits {
 /// Bearer tokens → tenant names (tokens kept only as SHA-256).
 #[derive(Clone, Debug, Default)]
 pub struct Tenants {
-    by_hash: HashMap<String, String>,
+    /// Keyed by the raw digest, so a lookup hashes the token without formatting it as hex; the
+    /// names are shared, so authenticating a request allocates nothing.
+    by_hash: HashMap<[u8; 32], Arc<str>>,
 }
 
 impl Tenants {
@@ -51,19 +53,22 @@ impl Tenants {
         Self::default()
     }
 
+    /// A configured `token_sha256` (hex, either case). One that is not 64 hex digits matches no
+    /// token, as before (config validation reports it).
     pub fn add_hash(&mut self, sha256_hex: &str, tenant: &str) {
-        self.by_hash
-            .insert(sha256_hex.to_ascii_lowercase(), tenant.to_owned());
+        let mut digest = [0u8; 32];
+        if hex::decode_to_slice(sha256_hex, &mut digest).is_ok() {
+            self.by_hash.insert(digest, Arc::from(tenant));
+        }
     }
 
     pub fn add_token(&mut self, token: &str, tenant: &str) {
-        self.add_hash(&validate::sha256_hex(token.as_bytes()), tenant);
+        self.by_hash
+            .insert(validate::sha256(token.as_bytes()), Arc::from(tenant));
     }
 
-    pub fn lookup(&self, token: &str) -> Option<&str> {
-        self.by_hash
-            .get(&validate::sha256_hex(token.as_bytes()))
-            .map(String::as_str)
+    pub fn lookup(&self, token: &str) -> Option<&Arc<str>> {
+        self.by_hash.get(&validate::sha256(token.as_bytes()))
     }
 }
 
@@ -87,11 +92,18 @@ pub struct ApiState {
     pub rate: Arc<ratelimit::RateLimits>,
 }
 
+/// The router's state: one allocation shared by every request. Axum clones the state for each
+/// middleware and extractor; cloning the struct itself cost some thirty atomic reference-count
+/// updates per clone, on counters every core touches (7 % of the gateway's CPU under load in
+/// `perf`, docs/perf/accept.md).
+pub type SharedState = Arc<ApiState>;
+
 /// The authenticated tenant of a request.
 #[derive(Clone, Debug)]
-pub struct Tenant(pub String);
+pub struct Tenant(pub Arc<str>);
 
 pub fn router(state: ApiState) -> Router {
+    let state: SharedState = Arc::new(state);
     let v1 = Router::new()
         .route("/v1/devices", get(devices::list))
         .route(
@@ -145,10 +157,10 @@ fn bearer(req: &Request) -> Option<&str> {
         .map(str::trim)
 }
 
-async fn auth(State(st): State<ApiState>, mut req: Request, next: Next) -> Response {
+async fn auth(State(st): State<SharedState>, mut req: Request, next: Next) -> Response {
     match bearer(&req).and_then(|t| st.tenants.lookup(t)) {
         Some(tenant) => {
-            req.extensions_mut().insert(Tenant(tenant.to_owned()));
+            req.extensions_mut().insert(Tenant(tenant.clone()));
             next.run(req).await
         }
         None => {
@@ -162,19 +174,15 @@ async fn auth(State(st): State<ApiState>, mut req: Request, next: Next) -> Respo
     }
 }
 
-async fn count_requests(State(st): State<ApiState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+async fn count_requests(State(st): State<SharedState>, req: Request, next: Next) -> Response {
+    // The matched path is shared (`Arc<str>`); cloning it allocates nothing.
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = req.method().clone();
     let start = Instant::now();
     let resp = next.run(req).await;
     st.metrics
-        .http_requests
-        .with_label_values(&[&format!("{method} {route}"), resp.status().as_str()])
-        .inc();
+        .count_request(&method, route, resp.status().as_u16());
     tracing::debug!(message = "Request.", %method, route = %route, status = resp.status().as_u16(), ms = start.elapsed().as_millis() as u64);
     resp
 }
@@ -196,7 +204,7 @@ async fn healthz() -> &'static str {
 /// (DESIGN §10.4). Bearer health (e.g. no SMSC bound) is reported per binding but never makes
 /// the replica unready: an SMSC outage must not take the REST API out of the load balancer, and
 /// pushes accepted meanwhile wait in the queue.
-async fn readyz(State(st): State<ApiState>) -> Response {
+async fn readyz(State(st): State<SharedState>) -> Response {
     if let Err(e) = st.store.ping().await {
         return Problem::unavailable(format!("store unreachable: {e}")).into_response();
     }
@@ -224,7 +232,7 @@ async fn readyz(State(st): State<ApiState>) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
-async fn metrics(State(st): State<ApiState>, headers: axum::http::HeaderMap) -> Response {
+async fn metrics(State(st): State<SharedState>, headers: axum::http::HeaderMap) -> Response {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -295,4 +303,23 @@ pub fn rfc3339(ms: i64) -> String {
                 .ok()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tenants;
+
+    #[test]
+    fn tenants_match_tokens_by_digest_whatever_the_hex_case() {
+        let mut t = Tenants::new();
+        t.add_token("tok-a", "a");
+        // sha256("tok-b"), upper case as an operator may paste it.
+        let b = super::validate::sha256_hex(b"tok-b").to_ascii_uppercase();
+        t.add_hash(&b, "b");
+        t.add_hash("not hex", "c");
+        assert_eq!(t.lookup("tok-a").map(|s| &**s), Some("a"));
+        assert_eq!(t.lookup("tok-b").map(|s| &**s), Some("b"));
+        assert_eq!(t.lookup("tok-c"), None);
+        assert_eq!(t.lookup("not hex"), None);
+    }
 }

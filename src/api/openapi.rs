@@ -17,7 +17,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{ApiLimits, ApiState, admin, devices, problem::Problem, pushes, webhooks};
+use super::{ApiLimits, SharedState, admin, devices, problem::Problem, pushes, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -113,7 +113,7 @@ pub fn document(limits: &ApiLimits) -> Value {
     doc
 }
 
-pub async fn serve(State(st): State<ApiState>) -> Json<Value> {
+pub async fn serve(State(st): State<SharedState>) -> Json<Value> {
     Json(document(&st.limits))
 }
 

@@ -16,7 +16,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{ApiState, Problem, Tenant};
+use super::{Problem, SharedState, Tenant};
 
 #[derive(Debug, Default)]
 pub struct RateLimits {
@@ -37,6 +37,11 @@ impl RateLimits {
             rates: rates.into_iter().filter(|(_, r)| *r > 0.0).collect(),
             buckets: Mutex::default(),
         }
+    }
+
+    /// Whether `tenant` has a rate (requests of other tenants skip the bucket altogether).
+    pub fn limits(&self, tenant: &str) -> bool {
+        self.rates.contains_key(tenant)
     }
 
     /// Takes `n` pushes from `tenant`'s bucket, or says how long until they would fit.
@@ -66,16 +71,15 @@ impl RateLimits {
 }
 
 /// Charges push-creating requests to the tenant's bucket: one per push (a batch, one per item).
-pub async fn limit(State(st): State<ApiState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
+pub async fn limit(State(st): State<SharedState>, req: Request, next: Next) -> Response {
+    // Shared handles (`Arc<str>`): nothing is copied per request.
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let tenant = req.extensions().get::<Tenant>().map(|t| t.0.clone());
     let (Some(route), Some(tenant)) = (route, tenant) else {
         return next.run(req).await;
     };
-    if req.method() != Method::POST
+    if !st.rate.limits(&tenant)
+        || req.method() != Method::POST
         || !matches!(
             route.as_str(),
             "/v1/pushes" | "/v1/pushes/batch" | "/v1/devices/{id}/push"
@@ -83,7 +87,7 @@ pub async fn limit(State(st): State<ApiState>, req: Request, next: Next) -> Resp
     {
         return next.run(req).await;
     }
-    let (req, n) = if route == "/v1/pushes/batch" {
+    let (req, n) = if route.as_str() == "/v1/pushes/batch" {
         // Count the items; the handler parses (and judges) the body again.
         let (parts, body) = req.into_parts();
         let bytes = match axum::body::to_bytes(body, st.limits.body_limit_bytes).await {

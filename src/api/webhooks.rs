@@ -6,7 +6,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use super::{ApiState, Problem, Tenant};
+use super::{Problem, SharedState, Tenant};
 
 /// How many given-up events went back into the outbox.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -21,7 +21,7 @@ pub struct WebhookRetry {
               (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn retry(
-    State(st): State<ApiState>,
+    State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<Json<WebhookRetry>, Problem> {

@@ -73,6 +73,7 @@ mod store_replicas;
 mod webhooks;
 
 // WAP binding.
+mod wap_check;
 mod wap_smpp_faults;
 mod wap_smpp_sim;
 mod wap_tshark;

@@ -13,7 +13,7 @@ use base64::{Engine, engine::general_purpose::STANDARD as B64};
 
 use super::dto::*;
 use super::submission::{Prepared, prepare, previews, submit, submit_request};
-use crate::api::{ApiState, Problem, Tenant, problem, validate};
+use crate::api::{Problem, SharedState, Tenant, problem, validate};
 use crate::{
     domain::{ContentType, PushState},
     store::{CancelResult, PushFilter},
@@ -45,7 +45,7 @@ fn submitted_response(status: StatusCode, s: Submitted, replayed: bool) -> Respo
               (status = 413, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn create(
-    State(st): State<ApiState>,
+    State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -67,7 +67,7 @@ pub async fn create(
 #[utoipa::path(post, path = "/v1/pushes/batch", request_body = Vec<PushRequest>,
     responses((status = 200, body = BatchResult), (status = 400, body = Problem)), security(("bearer" = [])))]
 pub async fn batch(
-    State(st): State<ApiState>,
+    State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BatchResult>, Problem> {
@@ -134,7 +134,7 @@ pub async fn batch(
     responses((status = 202, body = Submitted), (status = 415, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn raw_push(
-    State(st): State<ApiState>,
+    State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     Path(id): Path<String>,
     q: Result<Query<RawQuery>, axum::extract::rejection::QueryRejection>,
@@ -194,7 +194,7 @@ pub async fn raw_push(
 #[utoipa::path(post, path = "/v1/pushes/preview", request_body = PushRequest,
     responses((status = 200, body = PreviewResult), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn preview(
-    State(st): State<ApiState>,
+    State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PreviewResult>, Problem> {
@@ -239,7 +239,7 @@ pub async fn preview(
 #[utoipa::path(get, path = "/v1/pushes/{id}", params(("id" = String, Path)),
     responses((status = 200, body = PushView), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
-    State(st): State<ApiState>,
+    State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<Json<PushView>, Problem> {
@@ -252,7 +252,7 @@ pub async fn get(
 #[utoipa::path(get, path = "/v1/pushes", params(ListQuery),
     responses((status = 200, body = PushList), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
-    State(st): State<ApiState>,
+    State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<PushList>, Problem> {
@@ -286,7 +286,7 @@ pub async fn list(
     responses((status = 200, body = Submitted), (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("bearer" = [])))]
 pub async fn cancel(
-    State(st): State<ApiState>,
+    State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<Json<Submitted>, Problem> {

@@ -538,10 +538,7 @@ pub(super) async fn submit_request(
     }
     match st.store.enqueue(push).await? {
         Enqueued::Created { id } => {
-            st.metrics
-                .pushes_accepted
-                .with_label_values(&[st.metrics.tenant_label(tenant)])
-                .inc();
+            st.metrics.count_accepted(tenant);
             Ok((
                 StatusCode::ACCEPTED,
                 Submitted {

@@ -69,8 +69,32 @@ impl Binding for WapBinding {
         self.preview_bootstrap(target, content_type, body, None)
     }
 
+    fn check(
+        &self,
+        target: &DeviceBinding,
+        content_type: ContentType,
+        body: &[u8],
+    ) -> Result<(), CannotCarry> {
+        self.check_bootstrap(target, content_type, body, None)
+    }
+
     fn carries_bootstrap(&self) -> bool {
         true
+    }
+
+    /// The submit-time check: the plan a delivery makes (so the same refusals: no route, too
+    /// many segments, secure push, no address), without the preview's per-unit copies, hex and
+    /// summary. TID and concatenation reference change octets, not sizes, so any will do.
+    fn check_bootstrap(
+        &self,
+        target: &DeviceBinding,
+        content_type: ContentType,
+        body: &[u8],
+        bootstrap: Option<&Signature>,
+    ) -> Result<(), CannotCarry> {
+        plan(&self.cfg, target, content_type, body, bootstrap, 0, 0)
+            .map(|_| ())
+            .map_err(CannotCarry::from)
     }
 
     fn preview_bootstrap(
