@@ -29,13 +29,16 @@ use crate::{
     net::targets::{CheckedResolver, TargetRefused},
     store::{
         Store, StoreError,
-        outbox::{self, AttemptRecord, AttemptResult, OutboxEvent},
+        outbox::{self, AttemptRecord, AttemptResult, ClaimRequest, OutboxEvent},
     },
 };
 
 /// Requests in flight to one target URL at most: a slow receiver ties up only these, and its
 /// further events are not even claimed while it is at the limit.
 pub const PER_TARGET: usize = 4;
+/// [`PER_TARGET`] for the store's claim.
+const PER_TARGET_U32: u32 = 4;
+const _: () = assert!(PER_TARGET_U32 as usize == PER_TARGET);
 /// Requests in flight per replica at most.
 pub const MAX_IN_FLIGHT: usize = 128;
 /// How often the outbox is polled when idle (events become due by time as well as by commits).
@@ -179,12 +182,13 @@ impl Sender {
                 depth_at = Some(Instant::now());
                 self.refresh_depth().await;
             }
-            let claimed = if tasks.len() < MAX_IN_FLIGHT {
+            let (started, _) = if tasks.len() < MAX_IN_FLIGHT {
                 self.claim_round(&mut tasks).await
             } else {
-                0
+                (0, false)
             };
-            if claimed > 0 {
+            // Claimed something: claim again at once.
+            if started > 0 {
                 continue;
             }
             tokio::select! {
@@ -212,30 +216,39 @@ impl Sender {
         }
     }
 
-    /// One claim; spawns a task per event. Returns how many were claimed.
-    async fn claim_round(&self, tasks: &mut JoinSet<()>) -> usize {
+    /// One claim; spawns a task per event. Returns how many were started, and whether the claim
+    /// was full (more may be waiting).
+    async fn claim_round(&self, tasks: &mut JoinSet<()>) -> (usize, bool) {
         let sh = &self.shared;
         let Some(outbox) = sh.store.outbox() else {
-            return 0;
+            return (0, false);
         };
-        let skip: Vec<String> = lock(&sh.busy)
+        let in_flight: Vec<(String, u32)> = lock(&sh.busy)
             .iter()
-            .filter(|(_, n)| **n >= PER_TARGET)
-            .map(|(t, _)| t.clone())
+            .map(|(t, n)| (t.clone(), u32::try_from(*n).unwrap_or(u32::MAX)))
             .collect();
         let room = u32::try_from(MAX_IN_FLIGHT - tasks.len().min(MAX_IN_FLIGHT)).unwrap_or(0);
-        let now = crate::domain::now_ms();
-        let events = match outbox
-            .claim_webhooks(&sh.owner, now, self.lease, room.min(CLAIM_BATCH), &skip)
-            .await
-        {
+        let limit = room.min(CLAIM_BATCH);
+        let req = ClaimRequest {
+            owner: &sh.owner,
+            now_ms: crate::domain::now_ms(),
+            lease: self.lease,
+            limit,
+            per_target: PER_TARGET_U32,
+            in_flight: &in_flight,
+        };
+        let events = match outbox.claim_webhooks(&req).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(message = "Webhook claim failed.", error = %e);
-                return 0;
+                return (0, false);
             }
         };
-        // A batch may hold more events for one target than it has free slots: those go back.
+        let more = u32::try_from(events.len()).unwrap_or(u32::MAX) >= limit;
+        // The store claims no more for a target than it has free slots (nothing is claimed only
+        // to be given back: that was two write transactions per round, docs/perf/webhooks.md).
+        // Counts only go down while a claim runs, so nothing is released here unless a store
+        // breaks that promise; the check keeps the per-target limit whatever it returns.
         let mut start = Vec::with_capacity(events.len());
         let mut release = Vec::new();
         {
@@ -268,7 +281,7 @@ impl Sender {
                 }
             });
         }
-        n
+        (n, more)
     }
 }
 
