@@ -182,13 +182,17 @@ impl Sender {
                 depth_at = Some(Instant::now());
                 self.refresh_depth().await;
             }
-            let (started, _) = if tasks.len() < MAX_IN_FLIGHT {
+            let (_, more) = if tasks.len() < MAX_IN_FLIGHT {
                 self.claim_round(&mut tasks).await
             } else {
                 (0, false)
             };
-            // Claimed something: claim again at once.
-            if started > 0 {
+            // Claim again at once only after a full claim: after a partial one, everything
+            // claimable was taken, and what can change that wakes the loop below (a request
+            // done frees a slot, a recorded attempt may unblock its push's next event, the poll
+            // finds new and newly due events). Claiming again at once would mostly look at the
+            // same window again.
+            if more {
                 continue;
             }
             tokio::select! {
