@@ -81,6 +81,17 @@ async fn record_in(conn: &mut sqlx::PgConnection, rec: &AttemptRecord) -> Result
     Ok(true)
 }
 
+/// The order in which a batch of attempt records is written: by push, then by event (indexes
+/// into `recs`; the results stay in `recs`' order).
+fn record_order(recs: &[AttemptRecord]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..recs.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&recs[a].event, &recs[b].event);
+        (a.push_id.as_str(), a.seq).cmp(&(b.push_id.as_str(), b.seq))
+    });
+    order
+}
+
 #[async_trait::async_trait]
 impl Outbox for PgStore {
     async fn claim_webhooks(&self, req: &ClaimRequest<'_>) -> Result<Vec<OutboxEvent>, StoreError> {
@@ -170,10 +181,18 @@ impl Outbox for PgStore {
         &self,
         recs: &[AttemptRecord],
     ) -> Result<Vec<bool>, StoreError> {
+        // Rows are written in push id order, whatever order the attempts finished in: the
+        // completion batches of the dispatcher lock the same pushes' rows (their trigger
+        // inserts outbox rows, their events go on the same timelines), and two transactions
+        // taking locks on overlapping rows in different orders can deadlock (one `deadlock
+        // detected` in the pg1-hooks run, docs/perf/webhooks.md).
+        let order = record_order(recs);
+        let mut recorded = vec![false; recs.len()];
         let mut tx = self.pool.begin().await?;
-        let mut recorded = Vec::with_capacity(recs.len());
-        for rec in recs {
-            recorded.push(record_in(&mut tx, rec).await?);
+        for i in order {
+            if let (Some(rec), Some(slot)) = (recs.get(i), recorded.get_mut(i)) {
+                *slot = record_in(&mut tx, rec).await?;
+            }
         }
         tx.commit().await?;
         Ok(recorded)
@@ -241,3 +260,35 @@ impl Outbox for PgStore {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{PushState, outbox::OutboxEvent};
+
+    fn rec(push_id: &str, seq: i64) -> AttemptRecord {
+        AttemptRecord {
+            event: OutboxEvent {
+                id: format!("msg_{push_id}_{seq}"),
+                push_id: push_id.into(),
+                tenant: "t".into(),
+                state: PushState::Delivered,
+                seq,
+                target: "https://example.com/".into(),
+                created_at_ms: 0,
+                age_from_ms: 0,
+                attempts: 0,
+            },
+            owner: "o".into(),
+            at_ms: 0,
+            result: AttemptResult::Delivered,
+            detail: "HTTP 204".into(),
+        }
+    }
+
+    #[test]
+    fn records_are_written_in_push_id_order() {
+        let recs = [rec("p3", 1), rec("p1", 7), rec("p2", 1), rec("p1", 2)];
+        assert_eq!(record_order(&recs), vec![3, 1, 2, 0]);
+        assert!(record_order(&[]).is_empty());
+    }
+}
