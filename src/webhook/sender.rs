@@ -11,7 +11,7 @@
 //! [`CheckedResolver`] so `[webhooks] allow_targets` applies to the addresses connected to.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     error::Error as _,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -43,9 +43,6 @@ const HELD_PER_TARGET_U32: u32 = 64;
 const _: () = assert!(HELD_PER_TARGET_U32 as usize == PER_TARGET + AHEAD_PER_TARGET);
 /// Events claimed ahead per target, beyond those in flight (leased, waiting for a slot).
 pub const AHEAD_PER_TARGET: usize = 60;
-/// A target holding fewer events than this (in flight and waiting) gets more at the next wake-up;
-/// one holding more waits for the next sweep ([`POLL`]).
-const LOW_WATER: usize = PER_TARGET + AHEAD_PER_TARGET / 2;
 /// Events held per replica at most (in flight and waiting).
 const MAX_HELD: usize = 512;
 /// Requests in flight per replica at most.
@@ -124,11 +121,6 @@ pub struct Sender {
     /// takes the claim's round trip out of each request's cycle: with one target, a claim per
     /// finished request held the rate at ≈ 400 webhooks/s (docs/perf/webhooks.md).
     waiting: HashMap<String, VecDeque<(OutboxEvent, Instant)>>,
-    /// Targets for which the last claim found fewer events than it could take: nothing to claim
-    /// for them until the next sweep (see [`Sender::claim_needed`]).
-    exhausted: HashSet<String>,
-    /// The last claim that looked for every target's events.
-    swept_at: Option<Instant>,
 }
 
 impl Sender {
@@ -184,8 +176,6 @@ impl Sender {
             // rest of the lease: the timeout and 10 s).
             hold: Duration::from_secs(20),
             waiting: HashMap::new(),
-            exhausted: HashSet::new(),
-            swept_at: None,
         })
     }
 
@@ -211,7 +201,7 @@ impl Sender {
                 self.refresh_depth().await;
             }
             self.start_waiting(&mut tasks).await;
-            let more = if self.held(&tasks) < MAX_HELD && self.claim_needed() {
+            let more = if self.held(&tasks) < MAX_HELD {
                 self.claim_round(&mut tasks).await
             } else {
                 false
@@ -259,26 +249,6 @@ impl Sender {
                 .depth
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
-    }
-
-    /// Whether to claim at this wake-up. A claim skips the events of targets holding their
-    /// maximum, but walks past them to do so (tens of ms at 100,000 events on PostgreSQL), so it
-    /// is not made at every finished request: only when a target runs low on waiting events
-    /// (and its last claim did not find it without more), or once per [`POLL`] to find new
-    /// targets, new and newly due events.
-    fn claim_needed(&mut self) -> bool {
-        if self.swept_at.is_none_or(|t| t.elapsed() >= POLL) {
-            self.exhausted.clear();
-            self.swept_at = Some(Instant::now());
-            return true;
-        }
-        let busy = lock(&self.shared.busy);
-        let held = |t: &String| {
-            busy.get(t).copied().unwrap_or(0) + self.waiting.get(t).map_or(0, VecDeque::len)
-        };
-        busy.keys()
-            .chain(self.waiting.keys())
-            .any(|t| held(t) < LOW_WATER && !self.exhausted.contains(t))
     }
 
     /// Events held: in flight and waiting.
@@ -352,7 +322,7 @@ impl Sender {
             let n = held.entry(t.clone()).or_insert(0);
             *n = n.saturating_add(u32::try_from(q.len()).unwrap_or(u32::MAX));
         }
-        let in_flight: Vec<(String, u32)> = held.iter().map(|(t, n)| (t.clone(), *n)).collect();
+        let in_flight: Vec<(String, u32)> = held.into_iter().collect();
         let room = u32::try_from(MAX_HELD.saturating_sub(self.held(tasks))).unwrap_or(0);
         let limit = room.min(CLAIM_BATCH);
         if limit == 0 {
@@ -375,24 +345,6 @@ impl Sender {
             }
         };
         let more = u32::try_from(events.len()).unwrap_or(u32::MAX) >= limit;
-        if !more {
-            // Every target got all it could take: those that got less have nothing more now.
-            let mut got: HashMap<&str, u32> = HashMap::new();
-            for e in &events {
-                *got.entry(e.target.as_str()).or_insert(0) += 1;
-            }
-            for (t, n) in &held {
-                let budget = HELD_PER_TARGET_U32.saturating_sub(*n);
-                if budget > 0 && got.get(t.as_str()).copied().unwrap_or(0) < budget {
-                    self.exhausted.insert(t.clone());
-                }
-            }
-            for (t, n) in got {
-                if n < HELD_PER_TARGET_U32 && !held.contains_key(t) {
-                    self.exhausted.insert(t.to_owned());
-                }
-            }
-        }
         // Oldest first (the store's order): they queue per target behind those already waiting.
         for event in events {
             self.waiting
