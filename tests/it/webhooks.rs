@@ -1121,6 +1121,75 @@ async fn outbox_postgres() {
     .await;
 }
 
+/// The sender claims events ahead of its target's free slots (they wait in the sender, leased,
+/// and start as slots free: no claim per finished request) but keeps at most `PER_TARGET`
+/// requests in flight; at stop the events it holds but has not started go back to the outbox at
+/// once, not after their lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_claims_ahead_and_gives_back_what_it_did_not_start() {
+    use dmpushd::webhook::{
+        Secret, Targets, TenantWebhook, WebhooksConfig,
+        sender::{PER_TARGET, Sender},
+    };
+    let db = crate::support::store::SqliteDb::create();
+    let s = db.open().await;
+    let slow = Hooks::start(Duration::from_secs(2)).await;
+    let target = slow.url("/a");
+    let now = dmpushd::domain::now_ms();
+    for i in 0..10 {
+        cancelled_push(&s, &target, now - 1_000 + i).await;
+    }
+    let cfg = WebhooksConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
+        ..WebhooksConfig::default()
+    };
+    let mut targets = Targets::new(cfg.policy().unwrap());
+    targets.add(
+        "t1",
+        TenantWebhook {
+            url: None,
+            secret: Some(Secret::parse(SECRET).unwrap()),
+        },
+    );
+    let sender = Sender::new(
+        s.clone(),
+        Arc::new(targets),
+        &cfg,
+        "r1".into(),
+        &prometheus::Registry::new(),
+    )
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(sender.run(stop.clone()));
+    // The receiver holds each request 2 s: wait until the sender has its slots full.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.max_in_flight() < PER_TARGET {
+        assert!(
+            Instant::now() < deadline,
+            "the sender never filled its slots"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // All ten are leased (four in flight, six waiting in the sender): nothing for another.
+    assert!(
+        claim_with(&s, "other", dmpushd::domain::now_ms(), 10, 64, &[])
+            .await
+            .is_empty()
+    );
+    stop.cancel();
+    run.await.unwrap();
+    assert_eq!(
+        slow.max_in_flight(),
+        PER_TARGET,
+        "the per-target limit holds"
+    );
+    let delivered = slow.got().len();
+    assert_eq!(delivered, PER_TARGET, "the requests in flight finished");
+    // The six it held but had not started are claimable at once, well within their lease.
+    let back = claim_with(&s, "other", dmpushd::domain::now_ms(), 10, 64, &[]).await;
+    assert_eq!(back.len(), 10 - delivered, "{back:?}");
+}
+
 // --- two PostgreSQL replicas -----------------------------------------------------------------
 
 /// Acceptance 4: two `dmpushd serve` processes on one PostgreSQL database share one outbox
