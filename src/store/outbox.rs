@@ -131,20 +131,61 @@ pub fn after_failure_now(event: &OutboxEvent, now_ms: i64, max_age: Duration) ->
     after_failure(event, now_ms, max_age, rand::random::<f64>())
 }
 
+/// One claim's limits (see [`Outbox::claim_webhooks`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimRequest<'a> {
+    pub owner: &'a str,
+    pub now_ms: i64,
+    pub lease: Duration,
+    /// Events at most.
+    pub limit: u32,
+    /// Requests in flight to one target at most (per sender).
+    pub per_target: u32,
+    /// This sender's requests in flight, per target (targets not listed have none).
+    pub in_flight: &'a [(String, u32)],
+}
+
+impl ClaimRequest<'_> {
+    /// The lease's end for events claimed now.
+    pub fn lease_until(&self) -> i64 {
+        self.now_ms
+            .saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// Targets without a free slot: their events are left out of the window.
+    pub fn full_targets(&self) -> Vec<String> {
+        self.in_flight
+            .iter()
+            .filter(|(_, n)| *n >= self.per_target)
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+}
+
+/// Candidates a claim looks at: this many per event it may take, so that events held back (an
+/// earlier event of their push still pending, their target's slots taken by earlier rows of the
+/// window, a row locked by another replica) leave enough others to fill the claim.
+pub const WINDOW_PER_EVENT: u32 = 4;
+
+/// The candidate window of a claim of `limit` events.
+pub fn claim_window(limit: u32) -> u32 {
+    limit.saturating_mul(WINDOW_PER_EVENT)
+}
+
 /// The outbox side of a [`super::Store`] (reached through [`super::Store::outbox`]).
 #[async_trait::async_trait]
 pub trait Outbox: Send + Sync {
-    /// Leases up to `limit` due events (pending, `next_attempt_at <= now`, lease free or
+    /// Leases up to `req.limit` due events (pending, `next_attempt_at <= now`, lease free or
     /// expired), oldest first, **only the oldest pending event of each push** (per-push order),
-    /// and none whose target is in `skip_targets` (targets already at their concurrency limit).
-    async fn claim_webhooks(
-        &self,
-        owner: &str,
-        now_ms: i64,
-        lease: Duration,
-        limit: u32,
-        skip_targets: &[String],
-    ) -> Result<Vec<OutboxEvent>, StoreError>;
+    /// and no more for a target than it has free slots (`per_target` minus what this sender has
+    /// in flight there; none at all for a full target, whose events are not even looked at).
+    ///
+    /// The candidates are a bounded window of the due events in due order
+    /// ([`claim_window`] rows of targets with free slots), so a claim costs the same with 100 or
+    /// 100,000 events waiting; a later event of a push is never due before the push's earlier
+    /// pending ones (the record of a retry moves it along, the trigger starts it no earlier), so
+    /// events waiting for their push's order do not crowd the window.
+    async fn claim_webhooks(&self, req: &ClaimRequest<'_>) -> Result<Vec<OutboxEvent>, StoreError>;
 
     /// Gives leases back without an attempt (events claimed beyond a target's concurrency
     /// limit): they are claimable again at once.

@@ -1,7 +1,8 @@
 //! The webhook sender: one task per replica that delivers the outbox (src/store/outbox.rs).
 //!
-//! Loop: claim due events (skipping targets already at their concurrency limit), POST each in
-//! its own task, record the attempt. 2xx = done; anything else, a timeout or a connection error
+//! Loop: claim due events (no more per target than [`PER_TARGET`] in flight plus
+//! [`AHEAD_PER_TARGET`] waiting), POST each in its own task as its target has a free slot,
+//! record the attempt. 2xx = done; anything else, a timeout or a connection error
 //! = retry with jittered exponential backoff ([`outbox::after_failure`]), given up after
 //! `max_age_seconds`. Attempts are recorded by one recorder task in batches, one transaction
 //! each: a transaction per attempt made the store's commit (an fsync on SQLite) the limit of the
@@ -10,7 +11,7 @@
 //! [`CheckedResolver`] so `[webhooks] allow_targets` applies to the addresses connected to.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     error::Error as _,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -29,13 +30,21 @@ use crate::{
     net::targets::{CheckedResolver, TargetRefused},
     store::{
         Store, StoreError,
-        outbox::{self, AttemptRecord, AttemptResult, OutboxEvent},
+        outbox::{self, AttemptRecord, AttemptResult, ClaimRequest, OutboxEvent},
     },
 };
 
-/// Requests in flight to one target URL at most: a slow receiver ties up only these, and its
-/// further events are not even claimed while it is at the limit.
+/// Requests in flight to one target URL at most: a slow receiver ties up only these (and the
+/// events claimed ahead for it); its further events are not even claimed while it holds
+/// [`PER_TARGET`] + [`AHEAD_PER_TARGET`].
 pub const PER_TARGET: usize = 4;
+/// [`PER_TARGET`] + [`AHEAD_PER_TARGET`]: what a claim may hold for one target.
+const HELD_PER_TARGET_U32: u32 = 64;
+const _: () = assert!(HELD_PER_TARGET_U32 as usize == PER_TARGET + AHEAD_PER_TARGET);
+/// Events claimed ahead per target, beyond those in flight (leased, waiting for a slot).
+pub const AHEAD_PER_TARGET: usize = 60;
+/// Events held per replica at most (in flight and waiting).
+const MAX_HELD: usize = 512;
 /// Requests in flight per replica at most.
 pub const MAX_IN_FLIGHT: usize = 128;
 /// How often the outbox is polled when idle (events become due by time as well as by commits).
@@ -103,7 +112,15 @@ struct Shared {
 pub struct Sender {
     shared: Arc<Shared>,
     lease: Duration,
+    /// How long a claimed event may wait here before it is started: its attempt and record must
+    /// end within the lease.
+    hold: Duration,
     records: mpsc::Receiver<AttemptRecord>,
+    /// Claimed events waiting for a free slot of their target (at most [`AHEAD_PER_TARGET`]
+    /// beyond [`PER_TARGET`] per target), oldest first, with their claim time. Claiming ahead
+    /// takes the claim's round trip out of each request's cycle: with one target, a claim per
+    /// finished request held the rate at ≈ 400 webhooks/s (docs/perf/webhooks.md).
+    waiting: HashMap<String, VecDeque<(OutboxEvent, Instant)>>,
 }
 
 impl Sender {
@@ -155,6 +172,10 @@ impl Sender {
             // Long enough for the request and for recording it; a crashed replica's events are
             // retaken after this.
             lease: timeout + Duration::from_secs(30),
+            // Started later than this, an event goes back (the request and its record get the
+            // rest of the lease: the timeout and 10 s).
+            hold: Duration::from_secs(20),
+            waiting: HashMap::new(),
         })
     }
 
@@ -179,12 +200,18 @@ impl Sender {
                 depth_at = Some(Instant::now());
                 self.refresh_depth().await;
             }
-            let claimed = if tasks.len() < MAX_IN_FLIGHT {
+            self.start_waiting(&mut tasks).await;
+            let more = if self.held(&tasks) < MAX_HELD {
                 self.claim_round(&mut tasks).await
             } else {
-                0
+                false
             };
-            if claimed > 0 {
+            // Claim again at once only after a full claim: after a partial one, everything
+            // claimable was taken, and what can change that wakes the loop below (a request
+            // done frees a slot, a recorded attempt may unblock its push's next event, the poll
+            // finds new and newly due events). Claiming again at once would mostly look at the
+            // same window again.
+            if more {
                 continue;
             }
             tokio::select! {
@@ -193,6 +220,18 @@ impl Sender {
                 _ = self.shared.recorded.notified() => {}
                 _ = tokio::time::sleep(POLL) => {}
             }
+        }
+        // Claimed but not started: back to the outbox at once, for another replica or the next
+        // start, rather than after the lease.
+        let ids: Vec<String> = self
+            .waiting
+            .drain()
+            .flat_map(|(_, q)| q.into_iter().map(|(e, _)| e.id))
+            .collect();
+        if let Some(outbox) = self.shared.store.outbox()
+            && let Err(e) = outbox.release_webhooks(&self.shared.owner, &ids).await
+        {
+            tracing::warn!(message = "Webhook lease release failed.", error = %e);
         }
         while tasks.join_next().await.is_some() {}
         // The recorder ends when the last sender of the channel is gone (the delivery tasks'
@@ -212,48 +251,45 @@ impl Sender {
         }
     }
 
-    /// One claim; spawns a task per event. Returns how many were claimed.
-    async fn claim_round(&self, tasks: &mut JoinSet<()>) -> usize {
-        let sh = &self.shared;
-        let Some(outbox) = sh.store.outbox() else {
-            return 0;
-        };
-        let skip: Vec<String> = lock(&sh.busy)
-            .iter()
-            .filter(|(_, n)| **n >= PER_TARGET)
-            .map(|(t, _)| t.clone())
-            .collect();
-        let room = u32::try_from(MAX_IN_FLIGHT - tasks.len().min(MAX_IN_FLIGHT)).unwrap_or(0);
-        let now = crate::domain::now_ms();
-        let events = match outbox
-            .claim_webhooks(&sh.owner, now, self.lease, room.min(CLAIM_BATCH), &skip)
-            .await
+    /// Events held: in flight and waiting.
+    fn held(&self, tasks: &JoinSet<()>) -> usize {
+        tasks.len() + self.waiting.values().map(VecDeque::len).sum::<usize>()
+    }
+
+    /// Starts waiting events while their targets have free slots (oldest first per target);
+    /// those that waited too long for their lease go back to the outbox.
+    async fn start_waiting(&mut self, tasks: &mut JoinSet<()>) {
+        let mut stale = Vec::new();
+        let mut start = Vec::new();
         {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(message = "Webhook claim failed.", error = %e);
-                return 0;
-            }
-        };
-        // A batch may hold more events for one target than it has free slots: those go back.
-        let mut start = Vec::with_capacity(events.len());
-        let mut release = Vec::new();
-        {
-            let mut busy = lock(&sh.busy);
-            for event in events {
-                let count = busy.entry(event.target.clone()).or_insert(0);
-                if *count >= PER_TARGET {
-                    release.push(event.id);
-                } else {
-                    *count += 1;
-                    start.push(event);
+            let mut busy = lock(&self.shared.busy);
+            for (target, queue) in &mut self.waiting {
+                let count = busy.entry(target.clone()).or_insert(0);
+                while let Some((_, at)) = queue.front() {
+                    if at.elapsed() > self.hold {
+                        if let Some((e, _)) = queue.pop_front() {
+                            stale.push(e.id);
+                        }
+                        continue;
+                    }
+                    if *count >= PER_TARGET || tasks.len() + start.len() >= MAX_IN_FLIGHT {
+                        break;
+                    }
+                    if let Some((e, _)) = queue.pop_front() {
+                        *count += 1;
+                        start.push(e);
+                    }
                 }
             }
+            busy.retain(|_, n| *n > 0);
         }
-        if let Err(e) = outbox.release_webhooks(&sh.owner, &release).await {
+        self.waiting.retain(|_, q| !q.is_empty());
+        if !stale.is_empty()
+            && let Some(outbox) = self.shared.store.outbox()
+            && let Err(e) = outbox.release_webhooks(&self.shared.owner, &stale).await
+        {
             tracing::warn!(message = "Webhook lease release failed.", error = %e);
         }
-        let n = start.len();
         for event in start {
             let sh = self.shared.clone();
             tasks.spawn(async move {
@@ -268,7 +304,56 @@ impl Sender {
                 }
             });
         }
-        n
+    }
+
+    /// One claim: the events wait for their targets' slots and start at once where there are
+    /// some. Returns whether the claim was full (more may be waiting).
+    async fn claim_round(&mut self, tasks: &mut JoinSet<()>) -> bool {
+        let Some(outbox) = self.shared.store.outbox() else {
+            return false;
+        };
+        // Per target: what this sender holds (in flight and waiting); the claim takes no more
+        // than `HELD_PER_TARGET_U32` minus that, so nothing is claimed only to be given back.
+        let mut held: HashMap<String, u32> = lock(&self.shared.busy)
+            .iter()
+            .map(|(t, n)| (t.clone(), u32::try_from(*n).unwrap_or(u32::MAX)))
+            .collect();
+        for (t, q) in &self.waiting {
+            let n = held.entry(t.clone()).or_insert(0);
+            *n = n.saturating_add(u32::try_from(q.len()).unwrap_or(u32::MAX));
+        }
+        let in_flight: Vec<(String, u32)> = held.into_iter().collect();
+        let room = u32::try_from(MAX_HELD.saturating_sub(self.held(tasks))).unwrap_or(0);
+        let limit = room.min(CLAIM_BATCH);
+        if limit == 0 {
+            return false;
+        }
+        let req = ClaimRequest {
+            owner: &self.shared.owner,
+            now_ms: crate::domain::now_ms(),
+            lease: self.lease,
+            limit,
+            per_target: HELD_PER_TARGET_U32,
+            in_flight: &in_flight,
+        };
+        let claimed_at = Instant::now();
+        let events = match outbox.claim_webhooks(&req).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(message = "Webhook claim failed.", error = %e);
+                return false;
+            }
+        };
+        let more = u32::try_from(events.len()).unwrap_or(u32::MAX) >= limit;
+        // Oldest first (the store's order): they queue per target behind those already waiting.
+        for event in events {
+            self.waiting
+                .entry(event.target.clone())
+                .or_default()
+                .push_back((event, claimed_at));
+        }
+        self.start_waiting(tasks).await;
+        more
     }
 }
 

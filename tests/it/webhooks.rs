@@ -27,7 +27,7 @@ use dmpushd::{
     binding::{BindingKind, NextHopRef, Receipt},
     store::{
         Completion, Next, PushState, Store,
-        outbox::{AttemptRecord, AttemptResult, OutboxEvent},
+        outbox::{AttemptRecord, AttemptResult, ClaimRequest, OutboxEvent},
     },
 };
 
@@ -717,9 +717,27 @@ const LEASE: Duration = Duration::from_secs(30);
 const HOOK: &str = "https://hooks.example.test/x";
 
 async fn claim(s: &Arc<dyn Store>, owner: &str, now: i64) -> Vec<OutboxEvent> {
+    claim_with(s, owner, now, 10, 10, &[]).await
+}
+
+async fn claim_with(
+    s: &Arc<dyn Store>,
+    owner: &str,
+    now: i64,
+    limit: u32,
+    per_target: u32,
+    in_flight: &[(String, u32)],
+) -> Vec<OutboxEvent> {
     s.outbox()
         .unwrap()
-        .claim_webhooks(owner, now, LEASE, 10, &[])
+        .claim_webhooks(&ClaimRequest {
+            owner,
+            now_ms: now,
+            lease: LEASE,
+            limit,
+            per_target,
+            in_flight,
+        })
         .await
         .unwrap()
 }
@@ -909,17 +927,15 @@ async fn outbox_only_for_pushes_with_a_target_and_webhook_states(s: Arc<dyn Stor
 async fn outbox_skips_busy_targets_and_takes_over_expired_leases(s: Arc<dyn Store>) {
     let a = accepted_push(&s, "r-3", Some("https://a.example.test/")).await;
     let b = accepted_push(&s, "r-4", Some("https://b.example.test/")).await;
-    let ob = s.outbox().unwrap();
-    let got = ob
-        .claim_webhooks(
-            "x",
-            T0 + 100,
-            LEASE,
-            10,
-            &["https://a.example.test/".into()],
-        )
-        .await
-        .unwrap();
+    let got = claim_with(
+        &s,
+        "x",
+        T0 + 100,
+        10,
+        4,
+        &[("https://a.example.test/".into(), 4)],
+    )
+    .await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].push_id, b);
     // "x" crashed holding b's lease: after the lease, another sender takes both.
@@ -930,6 +946,87 @@ async fn outbox_skips_busy_targets_and_takes_over_expired_leases(s: Arc<dyn Stor
     let mut want = vec![a, b];
     want.sort();
     assert_eq!(ids, want);
+}
+
+/// A push for `target` cancelled at `at`: one pending `push.cancelled` event due then.
+async fn cancelled_push(s: &Arc<dyn Store>, target: &str, at: i64) -> String {
+    let mut p = push("t1");
+    p.callback_url = Some(target.into());
+    let id = p.id.clone();
+    s.enqueue(p).await.unwrap();
+    s.cancel("t1", &id, at).await.unwrap();
+    id
+}
+
+/// A claim takes no more events for a target than the target has free slots (so the sender
+/// never claims events only to release them), oldest first; a full target's events do not stop
+/// another target's.
+async fn outbox_claims_no_more_per_target_than_free_slots(s: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(cancelled_push(&s, HOOK, T0 + 100 + i).await);
+    }
+    let got = claim_with(&s, "x", T0 + 1_000, 10, 4, &[]).await;
+    let pushes: Vec<_> = got.iter().map(|e| e.push_id.clone()).collect();
+    assert_eq!(pushes, ids[..4], "the four oldest");
+    // Three requests in flight to the target: one slot, the oldest event not leased yet.
+    let got = claim_with(&s, "y", T0 + 1_000, 10, 4, &[(HOOK.into(), 3)]).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].push_id, ids[4]);
+    assert!(
+        claim_with(&s, "y", T0 + 1_000, 10, 4, &[(HOOK.into(), 4)])
+            .await
+            .is_empty()
+    );
+    // A full target does not hold up another one.
+    let other = cancelled_push(&s, "https://other.example.test/", T0 + 200).await;
+    let got = claim_with(&s, "y", T0 + 1_000, 10, 4, &[(HOOK.into(), 4)]).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].push_id, other);
+}
+
+/// The claim looks at a bounded window of due events (4 per event it may take). Events that
+/// wait for an earlier event of their push (per-push order) must not crowd that window: a
+/// receiver failing with a backlog of pushes would otherwise stall every other target. They are
+/// not due before the event they wait for, whether they were written before its retry was
+/// recorded (the record moves them) or after (the trigger starts them no earlier).
+async fn outbox_window_not_crowded_by_events_waiting_for_their_push(s: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(accepted_push(&s, &format!("rw-{i}"), Some(HOOK)).await);
+    }
+    for i in 0..3 {
+        receipt(&s, &format!("rw-{i}"), T0 + 20).await;
+    }
+    let accepted = claim(&s, "x", T0 + 30).await;
+    assert_eq!(accepted.len(), 5, "{accepted:?}");
+    for e in &accepted {
+        assert_eq!(e.state, PushState::Accepted);
+        let retry = AttemptResult::Retry { at_ms: T0 + 5_000 };
+        assert!(record(&s, e, "x", T0 + 40, retry).await);
+    }
+    for i in 3..5 {
+        receipt(&s, &format!("rw-{i}"), T0 + 50).await;
+    }
+    // Five delivered events wait for their accepted ones; a claim of one looks at four rows.
+    let other = cancelled_push(&s, "https://other.example.test/", T0 + 200).await;
+    let got = claim_with(&s, "x", T0 + 300, 1, 4, &[]).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "the window was full of waiting events: {got:?}"
+    );
+    assert_eq!(got[0].push_id, other);
+    // At the retry time: the accepted events first, then the delivered ones.
+    let again = claim(&s, "x", T0 + 5_000).await;
+    assert_eq!(again.len(), 5, "{again:?}");
+    assert!(again.iter().all(|e| e.state == PushState::Accepted));
+    for e in &again {
+        assert!(record(&s, e, "x", T0 + 5_010, AttemptResult::Delivered).await);
+    }
+    let delivered = claim(&s, "x", T0 + 5_020).await;
+    assert_eq!(delivered.len(), 5, "{delivered:?}");
+    assert!(delivered.iter().all(|e| e.state == PushState::Delivered));
 }
 
 /// Retention never deletes a push whose webhook is still pending (its payload is built from the
@@ -964,6 +1061,10 @@ async fn outbox_suite(open: impl AsyncFn() -> Option<(Arc<dyn Store>, Box<dyn st
     outbox_only_for_pushes_with_a_target_and_webhook_states(s).await;
     let Some((s, _g)) = open().await else { return };
     outbox_skips_busy_targets_and_takes_over_expired_leases(s).await;
+    let Some((s, _g)) = open().await else { return };
+    outbox_claims_no_more_per_target_than_free_slots(s).await;
+    let Some((s, _g)) = open().await else { return };
+    outbox_window_not_crowded_by_events_waiting_for_their_push(s).await;
 }
 
 #[tokio::test]
@@ -991,12 +1092,7 @@ async fn outbox_postgres_two_replicas_never_claim_the_same_event() {
     let claim_all = |s: Arc<dyn Store>, owner: &'static str| async move {
         let mut got = Vec::new();
         for _ in 0..20 {
-            let batch = s
-                .outbox()
-                .unwrap()
-                .claim_webhooks(owner, T0 + 100, LEASE, 3, &[])
-                .await
-                .unwrap();
+            let batch = claim_with(&s, owner, T0 + 100, 3, 3, &[]).await;
             got.extend(batch.into_iter().map(|e| e.push_id));
         }
         got
@@ -1023,6 +1119,75 @@ async fn outbox_postgres() {
         Some((s, Box::new(db) as Box<dyn std::any::Any>))
     })
     .await;
+}
+
+/// The sender claims events ahead of its target's free slots (they wait in the sender, leased,
+/// and start as slots free: no claim per finished request) but keeps at most `PER_TARGET`
+/// requests in flight; at stop the events it holds but has not started go back to the outbox at
+/// once, not after their lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_claims_ahead_and_gives_back_what_it_did_not_start() {
+    use dmpushd::webhook::{
+        Secret, Targets, TenantWebhook, WebhooksConfig,
+        sender::{PER_TARGET, Sender},
+    };
+    let db = crate::support::store::SqliteDb::create();
+    let s = db.open().await;
+    let slow = Hooks::start(Duration::from_secs(2)).await;
+    let target = slow.url("/a");
+    let now = dmpushd::domain::now_ms();
+    for i in 0..10 {
+        cancelled_push(&s, &target, now - 1_000 + i).await;
+    }
+    let cfg = WebhooksConfig {
+        allow_targets: vec!["127.0.0.0/8".into()],
+        ..WebhooksConfig::default()
+    };
+    let mut targets = Targets::new(cfg.policy().unwrap());
+    targets.add(
+        "t1",
+        TenantWebhook {
+            url: None,
+            secret: Some(Secret::parse(SECRET).unwrap()),
+        },
+    );
+    let sender = Sender::new(
+        s.clone(),
+        Arc::new(targets),
+        &cfg,
+        "r1".into(),
+        &prometheus::Registry::new(),
+    )
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(sender.run(stop.clone()));
+    // The receiver holds each request 2 s: wait until the sender has its slots full.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.max_in_flight() < PER_TARGET {
+        assert!(
+            Instant::now() < deadline,
+            "the sender never filled its slots"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // All ten are leased (four in flight, six waiting in the sender): nothing for another.
+    assert!(
+        claim_with(&s, "other", dmpushd::domain::now_ms(), 10, 64, &[])
+            .await
+            .is_empty()
+    );
+    stop.cancel();
+    run.await.unwrap();
+    assert_eq!(
+        slow.max_in_flight(),
+        PER_TARGET,
+        "the per-target limit holds"
+    );
+    let delivered = slow.got().len();
+    assert_eq!(delivered, PER_TARGET, "the requests in flight finished");
+    // The six it held but had not started are claimable at once, well within their lease.
+    let back = claim_with(&s, "other", dmpushd::domain::now_ms(), 10, 64, &[]).await;
+    assert_eq!(back.len(), 10 - delivered, "{back:?}");
 }
 
 // --- two PostgreSQL replicas -----------------------------------------------------------------

@@ -3,14 +3,12 @@
 //! candidates with `FOR UPDATE SKIP LOCKED` and leases them, so no two replicas send the same
 //! event while a lease lasts; an expired lease (a crashed replica) makes the event claimable again.
 
-use std::time::Duration;
-
 use sqlx::{Row, postgres::PgRow};
 
 use super::{PgStore, i32_of, u32_of};
 use crate::store::{
     PushRecord, StoreError,
-    outbox::{AttemptRecord, AttemptResult, Outbox, OutboxEvent},
+    outbox::{AttemptRecord, AttemptResult, ClaimRequest, Outbox, OutboxEvent, claim_window},
     parse_state,
 };
 
@@ -55,6 +53,20 @@ async fn record_in(conn: &mut sqlx::PgConnection, rec: &AttemptRecord) -> Result
     if r.rows_affected() == 0 {
         return Ok(false);
     }
+    if let Some(at) = next {
+        // The push's later events wait for this one (per-push order): not due before it, so
+        // that they do not take places in the claim's window meanwhile (claim_webhooks).
+        sqlx::query(
+            "UPDATE webhook_outbox SET next_attempt_at = $1 \
+             WHERE push_id = $2 AND seq > $3 AND status NOT IN ('done', 'given_up') \
+               AND next_attempt_at < $1",
+        )
+        .bind(at)
+        .bind(&rec.event.push_id)
+        .bind(rec.event.seq)
+        .execute(&mut *conn)
+        .await?;
+    }
     sqlx::query(
         "INSERT INTO push_events (push_id, at, state, binding, attempt, detail, kind) \
          VALUES ($1, $2, $3, NULL, $4, $5, 'webhook')",
@@ -69,40 +81,80 @@ async fn record_in(conn: &mut sqlx::PgConnection, rec: &AttemptRecord) -> Result
     Ok(true)
 }
 
+/// The order in which a batch of attempt records is written: by push, then by event (indexes
+/// into `recs`; the results stay in `recs`' order).
+fn record_order(recs: &[AttemptRecord]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..recs.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&recs[a].event, &recs[b].event);
+        (a.push_id.as_str(), a.seq).cmp(&(b.push_id.as_str(), b.seq))
+    });
+    order
+}
+
 #[async_trait::async_trait]
 impl Outbox for PgStore {
-    async fn claim_webhooks(
-        &self,
-        owner: &str,
-        now_ms: i64,
-        lease: Duration,
-        limit: u32,
-        skip_targets: &[String],
-    ) -> Result<Vec<OutboxEvent>, StoreError> {
-        let until = now_ms.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
-        // Per-push order: an event is a candidate only when no earlier event of its push is
-        // still pending. An earlier event leased by another replica is pending too, so the
-        // later one waits for it even across replicas.
+    async fn claim_webhooks(&self, req: &ClaimRequest<'_>) -> Result<Vec<OutboxEvent>, StoreError> {
+        let (busy_targets, busy_counts): (Vec<String>, Vec<i64>) = req
+            .in_flight
+            .iter()
+            .map(|(t, n)| (t.clone(), i64::from(*n)))
+            .unzip();
+        // The plan must not depend on the table's statistics: the outbox grows from empty to
+        // 100,000 pending rows faster than autovacuum analyses it, and with `status = 'pending'`
+        // estimated at a few rows the planner scanned every pending row per claim (≈ 1.6 s at
+        // 100,000; docs/perf/webhooks.md). So:
+        // - `win` is the only scan of the partial due index: an ordered walk with a LIMIT, which
+        //   stops after the window (rows of full targets are skipped, not counted);
+        // - everything else reaches rows by key from the window (the per-push probe by
+        //   `webhook_outbox_push`, the lock by the primary key). Their status tests are written
+        //   `NOT IN ('done', 'given_up')` (the same rows: status is one of three) on purpose: a
+        //   `status = 'pending'` there lets the planner use the partial due index instead, as a
+        //   "one row" scan that is really the whole backlog, once per window row.
+        // Per-push order: a window row is a candidate only when no earlier event of its push is
+        // still pending (an earlier event leased by another replica is pending too, so the later
+        // one waits for it even across replicas). Per target: no more rows than free slots.
         let rows = sqlx::query(
-            "WITH c AS ( \
-                 SELECT o.id FROM webhook_outbox o \
+            "WITH win AS MATERIALIZED ( \
+                 SELECT o.id, o.push_id, o.seq, o.target, o.next_attempt_at \
+                   FROM webhook_outbox o \
                   WHERE o.status = 'pending' AND o.next_attempt_at <= $1 \
                     AND (o.lease_until IS NULL OR o.lease_until <= $1) \
-                    AND NOT EXISTS (SELECT 1 FROM webhook_outbox e \
-                                     WHERE e.push_id = o.push_id AND e.status = 'pending' \
-                                       AND e.seq < o.seq) \
                     AND NOT (o.target = ANY($5::text[])) \
-                  ORDER BY o.next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                  ORDER BY o.next_attempt_at LIMIT $6), \
+             ok AS MATERIALIZED ( \
+                 SELECT win.id, win.target, win.next_attempt_at, \
+                        row_number() OVER (PARTITION BY win.target \
+                                           ORDER BY win.next_attempt_at, win.id) AS n \
+                   FROM win \
+                  WHERE NOT EXISTS (SELECT 1 FROM webhook_outbox e \
+                                     WHERE e.push_id = win.push_id AND e.seq < win.seq \
+                                       AND e.status NOT IN ('done', 'given_up'))), \
+             pick AS MATERIALIZED ( \
+                 SELECT ok.id FROM ok \
+                  WHERE ok.n <= $7 - COALESCE((SELECT b.n FROM unnest($8::text[], $9::int8[]) \
+                                                   AS b(target, n) \
+                                                WHERE b.target = ok.target), 0) \
+                  ORDER BY ok.next_attempt_at LIMIT $4), \
+             c AS ( \
+                 SELECT o.id FROM pick JOIN webhook_outbox o ON o.id = pick.id \
+                  WHERE o.status NOT IN ('done', 'given_up') \
+                    AND (o.lease_until IS NULL OR o.lease_until <= $1) \
+                  FOR UPDATE OF o SKIP LOCKED) \
              UPDATE webhook_outbox w SET lease_owner = $2, lease_until = $3 \
                FROM c WHERE w.id = c.id \
              RETURNING w.id, w.push_id, w.tenant, w.state, w.seq, w.target, w.created_at, \
                  w.age_from, w.attempts",
         )
-        .bind(now_ms)
-        .bind(owner)
-        .bind(until)
-        .bind(i64::from(limit))
-        .bind(skip_targets)
+        .bind(req.now_ms)
+        .bind(req.owner)
+        .bind(req.lease_until())
+        .bind(i64::from(req.limit))
+        .bind(req.full_targets())
+        .bind(i64::from(claim_window(req.limit)))
+        .bind(i64::from(req.per_target))
+        .bind(busy_targets)
+        .bind(busy_counts)
         .fetch_all(&self.pool)
         .await?;
         let mut events = rows.iter().map(event_of).collect::<Result<Vec<_>, _>>()?;
@@ -129,10 +181,18 @@ impl Outbox for PgStore {
         &self,
         recs: &[AttemptRecord],
     ) -> Result<Vec<bool>, StoreError> {
+        // Rows are written in push id order, whatever order the attempts finished in: the
+        // completion batches of the dispatcher lock the same pushes' rows (their trigger
+        // inserts outbox rows, their events go on the same timelines), and two transactions
+        // taking locks on overlapping rows in different orders can deadlock (one `deadlock
+        // detected` in the pg1-hooks run, docs/perf/webhooks.md).
+        let order = record_order(recs);
+        let mut recorded = vec![false; recs.len()];
         let mut tx = self.pool.begin().await?;
-        let mut recorded = Vec::with_capacity(recs.len());
-        for rec in recs {
-            recorded.push(record_in(&mut tx, rec).await?);
+        for i in order {
+            if let (Some(rec), Some(slot)) = (recs.get(i), recorded.get_mut(i)) {
+                *slot = record_in(&mut tx, rec).await?;
+            }
         }
         tx.commit().await?;
         Ok(recorded)
@@ -197,5 +257,38 @@ impl Outbox for PgStore {
                 .fetch_one(&self.pool)
                 .await?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{PushState, outbox::OutboxEvent};
+
+    fn rec(push_id: &str, seq: i64) -> AttemptRecord {
+        AttemptRecord {
+            event: OutboxEvent {
+                id: format!("msg_{push_id}_{seq}"),
+                push_id: push_id.into(),
+                tenant: "t".into(),
+                state: PushState::Delivered,
+                seq,
+                target: "https://example.com/".into(),
+                created_at_ms: 0,
+                age_from_ms: 0,
+                attempts: 0,
+            },
+            owner: "o".into(),
+            at_ms: 0,
+            result: AttemptResult::Delivered,
+            detail: "HTTP 204".into(),
+        }
+    }
+
+    #[test]
+    fn records_are_written_in_push_id_order() {
+        let recs = [rec("p3", 1), rec("p1", 7), rec("p2", 1), rec("p1", 2)];
+        assert_eq!(record_order(&recs), vec![3, 1, 2, 0]);
+        assert!(record_order(&[]).is_empty());
     }
 }

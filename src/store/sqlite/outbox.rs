@@ -2,14 +2,12 @@
 //! trigger (migrations/sqlite/0004_webhooks.sql). All writes go through the single writer
 //! connection, so leases need no row locks here: a claim is one `UPDATE … RETURNING`.
 
-use std::time::Duration;
-
 use sqlx::{Row, sqlite::SqliteRow};
 
 use super::SqliteStore;
 use crate::store::{
     PushRecord, StoreError,
-    outbox::{AttemptRecord, AttemptResult, Outbox, OutboxEvent},
+    outbox::{AttemptRecord, AttemptResult, ClaimRequest, Outbox, OutboxEvent, claim_window},
     parse_state, to_json,
 };
 
@@ -59,6 +57,19 @@ async fn record_in(
     if r.rows_affected() == 0 {
         return Ok(false);
     }
+    if let Some(at) = next {
+        // The push's later events wait for this one (per-push order): not due before it, so
+        // that they do not take places in the claim's window meanwhile (claim_webhooks).
+        sqlx::query(
+            "UPDATE webhook_outbox SET next_attempt_at = ?1
+             WHERE push_id = ?2 AND seq > ?3 AND status = 'pending' AND next_attempt_at < ?1",
+        )
+        .bind(at)
+        .bind(&rec.event.push_id)
+        .bind(rec.event.seq)
+        .execute(&mut *conn)
+        .await?;
+    }
     sqlx::query(
         "INSERT INTO push_events (push_id, at, state, binding, attempt, detail, kind)
          VALUES (?1, ?2, ?3, NULL, ?4, ?5, 'webhook')",
@@ -75,33 +86,47 @@ async fn record_in(
 
 #[async_trait::async_trait]
 impl Outbox for SqliteStore {
-    async fn claim_webhooks(
-        &self,
-        owner: &str,
-        now_ms: i64,
-        lease: Duration,
-        limit: u32,
-        skip_targets: &[String],
-    ) -> Result<Vec<OutboxEvent>, StoreError> {
-        let until = now_ms.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+    async fn claim_webhooks(&self, req: &ClaimRequest<'_>) -> Result<Vec<OutboxEvent>, StoreError> {
+        // A bounded window of the due index (rows of full targets skipped, not counted); the
+        // per-push order and the per-target budget apply to the window only, so a claim costs
+        // the same however many events wait (docs/perf/webhooks.md). Per target: no more rows
+        // than free slots, so nothing is claimed only to be given back.
+        let busy: Vec<(&str, u32)> = req
+            .in_flight
+            .iter()
+            .map(|(t, n)| (t.as_str(), *n))
+            .collect();
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE webhook_outbox SET lease_owner = ?1, lease_until = ?2
              WHERE id IN (
-                 SELECT o.id FROM webhook_outbox o
-                  WHERE o.status = 'pending' AND o.next_attempt_at <= ?3
-                    AND (o.lease_until IS NULL OR o.lease_until <= ?3)
-                    AND NOT EXISTS (SELECT 1 FROM webhook_outbox e
-                                     WHERE e.push_id = o.push_id AND e.status = 'pending'
-                                       AND e.seq < o.seq)
-                    AND o.target NOT IN (SELECT value FROM json_each(?5))
-                  ORDER BY o.next_attempt_at LIMIT ?4)
+                 SELECT ok.id FROM (
+                     SELECT win.id, win.target, win.next_attempt_at,
+                            row_number() OVER (PARTITION BY win.target
+                                               ORDER BY win.next_attempt_at, win.id) AS n
+                       FROM (SELECT o.id, o.push_id, o.seq, o.target, o.next_attempt_at
+                               FROM webhook_outbox o
+                              WHERE o.status = 'pending' AND o.next_attempt_at <= ?3
+                                AND (o.lease_until IS NULL OR o.lease_until <= ?3)
+                                AND o.target NOT IN (SELECT value FROM json_each(?5))
+                              ORDER BY o.next_attempt_at LIMIT ?6) AS win
+                      WHERE NOT EXISTS (SELECT 1 FROM webhook_outbox e
+                                         WHERE e.push_id = win.push_id AND e.status = 'pending'
+                                           AND e.seq < win.seq)) AS ok
+                  WHERE ok.n <= ?7 - COALESCE((SELECT json_extract(b.value, '$[1]')
+                                                 FROM json_each(?8) AS b
+                                                WHERE json_extract(b.value, '$[0]') = ok.target),
+                                               0)
+                  ORDER BY ok.next_attempt_at LIMIT ?4)
              RETURNING {EVENT_COLUMNS}"
         )))
-        .bind(owner)
-        .bind(until)
-        .bind(now_ms)
-        .bind(i64::from(limit))
-        .bind(to_json(&skip_targets))
+        .bind(req.owner)
+        .bind(req.lease_until())
+        .bind(req.now_ms)
+        .bind(i64::from(req.limit))
+        .bind(to_json(&req.full_targets()))
+        .bind(i64::from(claim_window(req.limit)))
+        .bind(i64::from(req.per_target))
+        .bind(to_json(&busy))
         .fetch_all(&self.write)
         .await?;
         let mut events = rows
