@@ -442,6 +442,61 @@ pub(crate) struct SettledPush {
     pub fallback_to: Option<u32>,
     /// The event's detail.
     pub detail: String,
+    /// When (the row's `updated_at`, the event's time, a fallback's `next_attempt_at`).
+    pub at_ms: i64,
+}
+
+impl SettledPush {
+    /// `None` unless `settlement` finishes the push or sends it on.
+    fn of(
+        push_id: &str,
+        binding: BindingKind,
+        attempts: u32,
+        settlement: &Settlement,
+        at_ms: i64,
+    ) -> Option<Self> {
+        let (state, fallback_to, detail) = match settlement {
+            Settlement::Finish { state, detail } => (*state, None, detail),
+            Settlement::Fallback {
+                binding_index,
+                detail,
+            } => (PushState::Queued, Some(*binding_index), detail),
+            Settlement::Ignore | Settlement::Hold => return None,
+        };
+        Some(Self {
+            push_id: push_id.to_owned(),
+            binding,
+            attempts,
+            state,
+            fallback_to,
+            detail: detail.clone(),
+            at_ms,
+        })
+    }
+}
+
+/// Settles the pushes whose `Accepted` completion adopted receipts that overtook it (no
+/// trigger), each at its completion's time, from their rows read once for the batch; returns
+/// those that finish or fall back (their references are then released).
+pub(crate) fn settle_adopted(
+    adopted: &[(&str, BindingKind, i64)],
+    rows: &ReceiptRows,
+) -> Vec<SettledPush> {
+    adopted
+        .iter()
+        .filter_map(|(id, binding, at_ms)| {
+            let push = rows.pushes.get(*id);
+            let refs = rows.refs.get(*id).map_or(&[][..], Vec::as_slice);
+            let settlement = settle(push.map(|p| &p.view), *binding, refs, None, *at_ms);
+            SettledPush::of(
+                id,
+                *binding,
+                push.map_or(0, |p| p.attempts),
+                &settlement,
+                *at_ms,
+            )
+        })
+        .collect()
 }
 
 /// What a batch of receipts writes, decided as if they were applied one by one in order.
@@ -543,24 +598,11 @@ pub(crate) fn plan_receipts(
                 }
                 Settlement::Ignore | Settlement::Hold => {}
             }
-            let decided = match &settlement {
-                Settlement::Finish { state, detail } => Some((*state, None, detail)),
-                Settlement::Fallback {
-                    binding_index,
-                    detail,
-                } => Some((PushState::Queued, Some(*binding_index), detail)),
-                Settlement::Ignore | Settlement::Hold => None,
-            };
-            if let Some((state, fallback_to, detail)) = decided {
+            if let Some(done) =
+                SettledPush::of(&push_id, r.binding, p.attempts, &settlement, now_ms)
+            {
                 released.insert(push_id.clone());
-                settled.push(SettledPush {
-                    push_id: push_id.clone(),
-                    binding: r.binding,
-                    attempts: p.attempts,
-                    state,
-                    fallback_to,
-                    detail: detail.clone(),
-                });
+                settled.push(done);
             }
         }
         upserts.push((i, Some(push_id.clone())));
@@ -994,8 +1036,12 @@ mod tests {
     /// WAP only), both accepted, and an orphan receipt `o`.
     fn rows() -> ReceiptRows {
         let mut rows = ReceiptRows::default();
-        for (k, holder) in [("p0", Some("p")), ("p1", Some("p")), ("q0", Some("q")), ("o", None)]
-        {
+        for (k, holder) in [
+            ("p0", Some("p")),
+            ("p1", Some("p")),
+            ("q0", Some("q")),
+            ("o", None),
+        ] {
             rows.holders.insert(key(k), holder.map(str::to_owned));
         }
         let mut p = view(PushState::Accepted, None);
@@ -1075,7 +1121,11 @@ mod tests {
         );
         let fallback = &plan.settled[0];
         assert_eq!(
-            (fallback.push_id.as_str(), fallback.state, fallback.fallback_to),
+            (
+                fallback.push_id.as_str(),
+                fallback.state,
+                fallback.fallback_to
+            ),
             ("p", PushState::Queued, Some(1))
         );
         assert!(fallback.detail.ends_with("falling back to http"));

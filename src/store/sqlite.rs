@@ -36,7 +36,7 @@ use super::{
     final_states, from_json, parse_binding, parse_bootstrap, parse_content_type, parse_state,
     rules::{
         self, CollapseScope, FirstByKey, HeldRef, PushView, RefClaim, RefRow, RefStatus,
-        Settlement, is_same_request,
+        is_same_request,
     },
     takeover_detail, to_json,
 };
@@ -450,100 +450,6 @@ async fn insert_event(
         .execute(&mut **tx)
         .await?;
     Ok(())
-}
-
-/// Reads the push and its references, applies [`rules::settle`], and writes what it decides:
-/// the final state (or the fallback to the next binding) and its event, and the release of the
-/// push's references once it is settled.
-async fn settle(
-    tx: &mut Transaction<'_, Sqlite>,
-    push_id: &str,
-    binding: BindingKind,
-    at_ms: i64,
-    trigger: Option<&NextHopRef>,
-) -> Result<Settlement, StoreError> {
-    let row = sqlx::query(
-        "SELECT state, attempts, binding_choice, binding_index, bindings, expires_at
-         FROM pushes WHERE id = ?",
-    )
-    .bind(push_id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let (view, attempts) = match row {
-        Some(r) => {
-            let bindings: Vec<DeviceBinding> =
-                from_json(&r.try_get::<String, _>("bindings")?, "push bindings")?;
-            let view = PushView {
-                state: parse_state(&r.try_get::<String, _>("state")?)?,
-                binding_choice: parse_binding(r.try_get("binding_choice")?, "binding_choice")?,
-                binding_index: u32::try_from(r.try_get::<i64, _>("binding_index")?).unwrap_or(0),
-                bindings: bindings.iter().map(DeviceBinding::kind).collect(),
-                expires_at_ms: r.try_get("expires_at")?,
-            };
-            let attempts = u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0);
-            (Some(view), attempts)
-        }
-        None => (None, 0),
-    };
-    let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
-        "SELECT account, reference, status, detail, updated_at FROM push_refs WHERE push_id = ?",
-    )
-    .bind(push_id)
-    .fetch_all(&mut **tx)
-    .await?;
-    let refs: Vec<RefRow> = rows
-        .into_iter()
-        .map(|(account, id, status, detail, updated_at_ms)| RefRow {
-            reference: NextHopRef { account, id },
-            status: RefStatus::parse(&status),
-            detail,
-            updated_at_ms,
-        })
-        .collect();
-    let settlement = rules::settle(view.as_ref(), binding, &refs, trigger, at_ms);
-    match &settlement {
-        Settlement::Finish { state, detail } => {
-            sqlx::query("UPDATE pushes SET state = ?1, updated_at = ?2 WHERE id = ?3")
-                .bind(state.as_str())
-                .bind(at_ms)
-                .bind(push_id)
-                .execute(&mut **tx)
-                .await?;
-            insert_event(tx, push_id, at_ms, *state, Some(binding), attempts, detail).await?;
-        }
-        Settlement::Fallback {
-            binding_index,
-            detail,
-        } => {
-            sqlx::query(
-                "UPDATE pushes SET state = 'queued', binding_index = ?1, next_attempt_at = ?2,
-                     updated_at = ?2 WHERE id = ?3",
-            )
-            .bind(i64::from(*binding_index))
-            .bind(at_ms)
-            .bind(push_id)
-            .execute(&mut **tx)
-            .await?;
-            insert_event(
-                tx,
-                push_id,
-                at_ms,
-                PushState::Queued,
-                Some(binding),
-                attempts,
-                detail,
-            )
-            .await?;
-        }
-        Settlement::Ignore | Settlement::Hold => {}
-    }
-    if settlement.releases_refs() {
-        sqlx::query("DELETE FROM push_refs WHERE push_id = ?")
-            .bind(push_id)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(settlement)
 }
 
 /// Applies completions whose pushes are distinct, in one statement; returns the ids of the
@@ -1089,13 +995,20 @@ impl Store for SqliteStore {
         // Events first: a push's `accepted` event precedes the event of a receipt that overtook
         // it and settles it below.
         insert_event_rows(&mut tx, &events).await?;
-        let mut fell_back = false;
-        for (c, binding) in record_refs(&mut tx, &accepted).await? {
-            // Receipts overtook this completion. The push was just made `accepted` by it, in
-            // this transaction.
-            let settled = settle(&mut tx, &c.push_id, binding, c.at_ms, None).await?;
-            fell_back |= matches!(settled, Settlement::Fallback { .. });
-        }
+        // Receipts overtook these completions (with a fast SMSC, most do). Their pushes were
+        // just made `accepted` by them, in this transaction: settled together.
+        let adopted: Vec<(&str, BindingKind, i64)> = record_refs(&mut tx, &accepted)
+            .await?
+            .into_iter()
+            .map(|(c, binding)| (c.push_id.as_str(), binding, c.at_ms))
+            .collect();
+        let mut held: Vec<String> = adopted.iter().map(|(id, _, _)| (*id).to_owned()).collect();
+        held.sort_unstable();
+        let mut rows = rules::ReceiptRows::default();
+        read_held(&mut tx, &held, &mut rows).await?;
+        let settled = rules::settle_adopted(&adopted, &rows);
+        write_settled(&mut tx, &settled).await?;
+        let fell_back = settled.iter().any(|s| s.fallback_to.is_some());
         tx.commit().await?;
         if fell_back {
             self.wakeup.notify_one();
@@ -1333,9 +1246,8 @@ async fn receipt_run(
     now_ms: i64,
 ) -> Result<Vec<ReceiptEffect>, StoreError> {
     let mut rows = rules::ReceiptRows::default();
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "SELECT r.binding, r.account, r.reference, r.push_id FROM (",
-    );
+    let mut q: QueryBuilder<Sqlite> =
+        QueryBuilder::new("SELECT r.binding, r.account, r.reference, r.push_id FROM (");
     q.push_values(receipts, |mut b, r| {
         b.push_bind(r.binding.as_str())
             .push_bind(&r.reference.account)
@@ -1353,98 +1265,12 @@ async fn receipt_run(
                 .insert((binding, NextHopRef { account, id }), push_id);
         }
     }
-    let mut held: Vec<&String> = rows.holders.values().flatten().collect();
+    let mut held: Vec<String> = rows.holders.values().flatten().cloned().collect();
     held.sort_unstable();
     held.dedup();
-    if !held.is_empty() {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT id, state, attempts, binding_choice, binding_index, bindings, expires_at \
-             FROM pushes WHERE id IN (",
-        );
-        let mut sep = q.separated(", ");
-        for id in &held {
-            sep.push_bind(id.as_str());
-        }
-        q.push(")");
-        let pushes = q.build().fetch_all(&mut **tx).await?;
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT push_id, account, reference, status, detail, updated_at FROM push_refs \
-             WHERE push_id IN (",
-        );
-        let mut sep = q.separated(", ");
-        for id in &held {
-            sep.push_bind(id.as_str());
-        }
-        q.push(")");
-        let refs: Vec<(String, String, String, String, String, i64)> =
-            q.build_query_as().fetch_all(&mut **tx).await?;
-        for r in pushes {
-            let bindings: Vec<DeviceBinding> =
-                from_json(&r.try_get::<String, _>("bindings")?, "push bindings")?;
-            let push = rules::HeldPush {
-                view: PushView {
-                    state: parse_state(&r.try_get::<String, _>("state")?)?,
-                    binding_choice: parse_binding(r.try_get("binding_choice")?, "binding_choice")?,
-                    binding_index: u32::try_from(r.try_get::<i64, _>("binding_index")?)
-                        .unwrap_or(0),
-                    bindings: bindings.iter().map(DeviceBinding::kind).collect(),
-                    expires_at_ms: r.try_get("expires_at")?,
-                },
-                attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
-            };
-            rows.pushes.insert(r.try_get("id")?, push);
-        }
-        for (push_id, account, id, status, detail, updated_at_ms) in refs {
-            rows.refs.entry(push_id).or_default().push(RefRow {
-                reference: NextHopRef { account, id },
-                status: RefStatus::parse(&status),
-                detail,
-                updated_at_ms,
-            });
-        }
-    }
+    read_held(tx, &held, &mut rows).await?;
     let plan = rules::plan_receipts(receipts, rows, now_ms);
-    if !plan.settled.is_empty() {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "UPDATE pushes SET state = v.column2, updated_at = v.column3, \
-                 binding_index = COALESCE(v.column4, binding_index), \
-                 next_attempt_at = COALESCE(v.column5, next_attempt_at) FROM (",
-        );
-        q.push_values(&plan.settled, |mut b, s| {
-            let index = s.fallback_to.map(i64::from);
-            b.push_bind(&s.push_id)
-                .push_bind(s.state.as_str())
-                .push_bind(now_ms)
-                .push_bind(index)
-                // A fallback goes on at once with the next binding.
-                .push_bind(index.map(|_| now_ms));
-        });
-        q.push(") AS v WHERE pushes.id = v.column1");
-        q.build().execute(&mut **tx).await?;
-        let events: Vec<_> = plan
-            .settled
-            .iter()
-            .map(|s| {
-                (
-                    s.push_id.as_str(),
-                    now_ms,
-                    s.state,
-                    Some(s.binding),
-                    s.attempts,
-                    s.detail.as_str(),
-                )
-            })
-            .collect();
-        insert_event_rows(tx, &events).await?;
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("DELETE FROM push_refs WHERE push_id IN (");
-        let mut sep = q.separated(", ");
-        for s in &plan.settled {
-            sep.push_bind(&s.push_id);
-        }
-        q.push(")");
-        q.build().execute(&mut **tx).await?;
-    }
+    write_settled(tx, &plan.settled).await?;
     if !plan.upserts.is_empty() {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO push_refs \
@@ -1471,6 +1297,111 @@ async fn receipt_run(
     Ok(plan.effects)
 }
 
+/// Reads the pushes `held` and all their references into `rows`.
+async fn read_held(
+    tx: &mut Transaction<'_, Sqlite>,
+    held: &[String],
+    rows: &mut rules::ReceiptRows,
+) -> Result<(), StoreError> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT id, state, attempts, binding_choice, binding_index, bindings, expires_at \
+         FROM pushes WHERE id IN (",
+    );
+    let mut sep = q.separated(", ");
+    for id in held {
+        sep.push_bind(id);
+    }
+    q.push(")");
+    let pushes = q.build().fetch_all(&mut **tx).await?;
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT push_id, account, reference, status, detail, updated_at FROM push_refs \
+         WHERE push_id IN (",
+    );
+    let mut sep = q.separated(", ");
+    for id in held {
+        sep.push_bind(id);
+    }
+    q.push(")");
+    let refs: Vec<(String, String, String, String, String, i64)> =
+        q.build_query_as().fetch_all(&mut **tx).await?;
+    for r in pushes {
+        let bindings: Vec<DeviceBinding> =
+            from_json(&r.try_get::<String, _>("bindings")?, "push bindings")?;
+        let push = rules::HeldPush {
+            view: PushView {
+                state: parse_state(&r.try_get::<String, _>("state")?)?,
+                binding_choice: parse_binding(r.try_get("binding_choice")?, "binding_choice")?,
+                binding_index: u32::try_from(r.try_get::<i64, _>("binding_index")?).unwrap_or(0),
+                bindings: bindings.iter().map(DeviceBinding::kind).collect(),
+                expires_at_ms: r.try_get("expires_at")?,
+            },
+            attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+        };
+        rows.pushes.insert(r.try_get("id")?, push);
+    }
+    for (push_id, account, id, status, detail, updated_at_ms) in refs {
+        rows.refs.entry(push_id).or_default().push(RefRow {
+            reference: NextHopRef { account, id },
+            status: RefStatus::parse(&status),
+            detail,
+            updated_at_ms,
+        });
+    }
+    Ok(())
+}
+
+/// The state changes and events of settled pushes, and the release of their references: one
+/// statement each.
+async fn write_settled(
+    tx: &mut Transaction<'_, Sqlite>,
+    settled: &[rules::SettledPush],
+) -> Result<(), StoreError> {
+    if settled.is_empty() {
+        return Ok(());
+    }
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "UPDATE pushes SET state = v.column2, updated_at = v.column3, \
+             binding_index = COALESCE(v.column4, binding_index), \
+             next_attempt_at = COALESCE(v.column5, next_attempt_at) FROM (",
+    );
+    q.push_values(settled, |mut b, s| {
+        let index = s.fallback_to.map(i64::from);
+        b.push_bind(&s.push_id)
+            .push_bind(s.state.as_str())
+            .push_bind(s.at_ms)
+            .push_bind(index)
+            // A fallback goes on at once with the next binding.
+            .push_bind(index.map(|_| s.at_ms));
+    });
+    q.push(") AS v WHERE pushes.id = v.column1");
+    q.build().execute(&mut **tx).await?;
+    let events: Vec<_> = settled
+        .iter()
+        .map(|s| {
+            (
+                s.push_id.as_str(),
+                s.at_ms,
+                s.state,
+                Some(s.binding),
+                s.attempts,
+                s.detail.as_str(),
+            )
+        })
+        .collect();
+    insert_event_rows(tx, &events).await?;
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM push_refs WHERE push_id IN (");
+    let mut sep = q.separated(", ");
+    for s in settled {
+        sep.push_bind(&s.push_id);
+    }
+    q.push(")");
+    q.build().execute(&mut **tx).await?;
+    Ok(())
+}
+
 /// Event rows in one multi-row insert per chunk.
 async fn insert_event_rows(
     tx: &mut Transaction<'_, Sqlite>,
@@ -1480,14 +1411,17 @@ async fn insert_event_rows(
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO push_events (push_id, at, state, binding, attempt, detail) ",
         );
-        q.push_values(chunk, |mut b, (push_id, at_ms, state, binding, attempt, detail)| {
-            b.push_bind(*push_id)
-                .push_bind(*at_ms)
-                .push_bind(state.as_str())
-                .push_bind(binding.map(BindingKind::as_str))
-                .push_bind(i64::from(*attempt))
-                .push_bind(*detail);
-        });
+        q.push_values(
+            chunk,
+            |mut b, (push_id, at_ms, state, binding, attempt, detail)| {
+                b.push_bind(*push_id)
+                    .push_bind(*at_ms)
+                    .push_bind(state.as_str())
+                    .push_bind(binding.map(BindingKind::as_str))
+                    .push_bind(i64::from(*attempt))
+                    .push_bind(*detail);
+            },
+        );
         q.build().execute(&mut **tx).await?;
     }
     Ok(())

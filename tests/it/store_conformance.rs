@@ -1785,7 +1785,10 @@ async fn receipt_batch_mixes_cases(s: Arc<dyn Store>) {
         }
     };
     let (state, n, ev, detail) = last(a.clone()).await;
-    assert_eq!((state, n, ev), (PushState::Delivered, 3, PushState::Delivered));
+    assert_eq!(
+        (state, n, ev),
+        (PushState::Delivered, 3, PushState::Delivered)
+    );
     assert!(detail.contains("DELIVRD a1"), "{detail:?}");
     let (state, n, _, detail) = last(b.clone()).await;
     assert_eq!((state, n), (PushState::Delivered, 3));

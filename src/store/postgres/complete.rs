@@ -322,16 +322,24 @@ async fn record_refs(
                 .await?;
         }
     }
-    let mut fell_back = false;
-    for a in accepted {
-        let c = a.completion;
-        if adopted.remove(&c.push_id) {
-            // Just made `accepted` by this completion (inside this transaction).
-            let settled = settle(tx, &c.push_id, a.binding, c.at_ms, None).await?;
-            fell_back |= matches!(settled, Settlement::Fallback { .. });
-        }
+    // Pushes just made `accepted` by their completion (inside this transaction) that adopted
+    // overtaking receipts: settled together (with a fast SMSC most receipts overtake).
+    let adopted: Vec<(&str, BindingKind, i64)> = accepted
+        .iter()
+        .filter(|a| adopted.contains(&a.completion.push_id))
+        .map(|a| (a.completion.push_id.as_str(), a.binding, a.completion.at_ms))
+        .collect();
+    if adopted.is_empty() {
+        return Ok(false);
     }
-    Ok(fell_back)
+    let mut held: Vec<String> = adopted.iter().map(|(id, _, _)| (*id).to_owned()).collect();
+    held.sort_unstable();
+    held.dedup();
+    let mut rows = rules::ReceiptRows::default();
+    read_held(tx, &held, &mut rows).await?;
+    let settled = rules::settle_adopted(&adopted, &rows);
+    write_settled(tx, &settled).await?;
+    Ok(settled.iter().any(|s| s.fallback_to.is_some()))
 }
 
 /// Reads (and locks) the push and its references, applies [`rules::settle`], and writes what it
@@ -514,54 +522,10 @@ async fn receipt_run(
     let mut held: Vec<String> = rows.holders.values().flatten().cloned().collect();
     held.sort_unstable();
     held.dedup();
-    if !held.is_empty() {
-        // Locked so that receipts for two parts of one push (in two batches) settle it once.
-        for r in sqlx::query(
-            "SELECT id, state, attempts, binding_choice, binding_index, bindings, expires_at \
-             FROM pushes WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-        )
-        .bind(&held)
-        .fetch_all(&mut **tx)
-        .await?
-        {
-            let bindings: Vec<DeviceBinding> = from_json(r.try_get("bindings")?, "push bindings")?;
-            let push = rules::HeldPush {
-                view: PushView {
-                    state: parse_state(r.try_get("state")?)?,
-                    binding_choice: parse_binding(r.try_get("binding_choice")?, "binding_choice")?,
-                    binding_index: super::u32_of(r.try_get("binding_index")?, "binding_index")?,
-                    bindings: bindings.iter().map(DeviceBinding::kind).collect(),
-                    expires_at_ms: r.try_get("expires_at")?,
-                },
-                attempts: super::u32_of(r.try_get("attempts")?, "attempts")?,
-            };
-            rows.pushes.insert(r.try_get("id")?, push);
-        }
-        for r in sqlx::query(
-            "SELECT push_id, account, reference, status, detail, updated_at FROM push_refs \
-             WHERE push_id = ANY($1)",
-        )
-        .bind(&held)
-        .fetch_all(&mut **tx)
-        .await?
-        {
-            rows.refs
-                .entry(r.try_get("push_id")?)
-                .or_default()
-                .push(RefRow {
-                    reference: NextHopRef {
-                        account: r.try_get("account")?,
-                        id: r.try_get("reference")?,
-                    },
-                    status: RefStatus::parse(r.try_get("status")?),
-                    detail: r.try_get("detail")?,
-                    updated_at_ms: r.try_get("updated_at")?,
-                });
-        }
-    }
+    read_held(tx, &held, &mut rows).await?;
     let plan = rules::plan_receipts(receipts, rows, now_ms);
     let mut effects = plan.effects;
-    write_settled(tx, &plan.settled, now_ms).await?;
+    write_settled(tx, &plan.settled).await?;
     // Upserts in key order (concurrent inserters of the same orphan keys wait in one order).
     let mut upserts = plan.upserts;
     upserts.sort_by(|a, b| {
@@ -630,12 +594,66 @@ async fn receipt_run(
     Ok(effects)
 }
 
+/// Reads (and locks, in id order) the pushes `held` and all their references into `rows`.
+async fn read_held(
+    tx: &mut Transaction<'static, Postgres>,
+    held: &[String],
+    rows: &mut rules::ReceiptRows,
+) -> Result<(), StoreError> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    // Locked so that receipts for two parts of one push (in two batches) settle it once.
+    for r in sqlx::query(
+        "SELECT id, state, attempts, binding_choice, binding_index, bindings, expires_at \
+         FROM pushes WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(held)
+    .fetch_all(&mut **tx)
+    .await?
+    {
+        let bindings: Vec<DeviceBinding> = from_json(r.try_get("bindings")?, "push bindings")?;
+        let push = rules::HeldPush {
+            view: PushView {
+                state: parse_state(r.try_get("state")?)?,
+                binding_choice: parse_binding(r.try_get("binding_choice")?, "binding_choice")?,
+                binding_index: super::u32_of(r.try_get("binding_index")?, "binding_index")?,
+                bindings: bindings.iter().map(DeviceBinding::kind).collect(),
+                expires_at_ms: r.try_get("expires_at")?,
+            },
+            attempts: super::u32_of(r.try_get("attempts")?, "attempts")?,
+        };
+        rows.pushes.insert(r.try_get("id")?, push);
+    }
+    for r in sqlx::query(
+        "SELECT push_id, account, reference, status, detail, updated_at FROM push_refs \
+         WHERE push_id = ANY($1)",
+    )
+    .bind(held)
+    .fetch_all(&mut **tx)
+    .await?
+    {
+        rows.refs
+            .entry(r.try_get("push_id")?)
+            .or_default()
+            .push(RefRow {
+                reference: NextHopRef {
+                    account: r.try_get("account")?,
+                    id: r.try_get("reference")?,
+                },
+                status: RefStatus::parse(r.try_get("status")?),
+                detail: r.try_get("detail")?,
+                updated_at_ms: r.try_get("updated_at")?,
+            });
+    }
+    Ok(())
+}
+
 /// The state changes and events of pushes settled by receipts, and the release of their
 /// references: one statement each for the whole run.
 async fn write_settled(
     tx: &mut Transaction<'static, Postgres>,
     settled: &[rules::SettledPush],
-    now_ms: i64,
 ) -> Result<(), StoreError> {
     if settled.is_empty() {
         return Ok(());
@@ -644,6 +662,7 @@ async fn write_settled(
     let mut states = Vec::with_capacity(settled.len());
     let mut index: Vec<Option<i32>> = Vec::with_capacity(settled.len());
     let mut next_at: Vec<Option<i64>> = Vec::with_capacity(settled.len());
+    let mut at = Vec::with_capacity(settled.len());
     let mut ev = Events::default();
     for s in settled {
         let idx = s.fallback_to.map(i32_of);
@@ -651,10 +670,11 @@ async fn write_settled(
         states.push(s.state.as_str());
         index.push(idx);
         // A fallback goes on at once with the next binding.
-        next_at.push(idx.map(|_| now_ms));
+        next_at.push(idx.map(|_| s.at_ms));
+        at.push(s.at_ms);
         ev.add(
             &s.push_id,
-            now_ms,
+            s.at_ms,
             s.state,
             Some(s.binding),
             i32_of(s.attempts),
@@ -662,17 +682,18 @@ async fn write_settled(
         );
     }
     sqlx::query(
-        "UPDATE pushes p SET state = u.state, updated_at = $5, \
+        "UPDATE pushes p SET state = u.state, updated_at = u.at, \
              binding_index = COALESCE(u.idx, p.binding_index), \
              next_attempt_at = COALESCE(u.next_at, p.next_attempt_at) \
-         FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int8[]) AS u(id, state, idx, next_at) \
+         FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int8[], $5::int8[]) \
+             AS u(id, state, idx, next_at, at) \
          WHERE p.id = u.id",
     )
     .bind(&ids)
     .bind(&states)
     .bind(&index)
     .bind(&next_at)
-    .bind(now_ms)
+    .bind(&at)
     .execute(&mut **tx)
     .await?;
     ev.flush(tx).await?;
