@@ -524,8 +524,9 @@ async fn record_refs<'c>(
                 ") AS k JOIN push_refs r ON r.binding = k.column1 AND r.account = k.column2 \
                    AND r.reference = k.column3",
             );
-            let found: Vec<(String, String, String, Option<String>, Option<i64>)> =
-                q.build_query_as().fetch_all(&mut **tx).await?;
+            // binding, account, reference, push_id, hold_until
+            type Found = (String, String, String, Option<String>, Option<i64>);
+            let found: Vec<Found> = q.build_query_as().fetch_all(&mut **tx).await?;
             let held: std::collections::HashMap<(String, String, String), HeldRef> = found
                 .into_iter()
                 .map(|(b, a, r, push_id, hold_until_ms)| {
@@ -1402,10 +1403,13 @@ async fn write_settled(
     Ok(())
 }
 
+/// An event row: push id, time, state, binding, attempt, detail.
+type EventValues<'a> = (&'a str, i64, PushState, Option<BindingKind>, u32, &'a str);
+
 /// Event rows in one multi-row insert per chunk.
 async fn insert_event_rows(
     tx: &mut Transaction<'_, Sqlite>,
-    events: &[(&str, i64, PushState, Option<BindingKind>, u32, &str)],
+    events: &[EventValues<'_>],
 ) -> Result<(), StoreError> {
     for chunk in events.chunks(INSERT_CHUNK) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
