@@ -12,7 +12,7 @@ use std::collections::HashMap;
 #[cfg(doc)]
 use super::Enqueued;
 use super::{Completion, NewPush, Next, PushState, ReceiptEffect, to_json};
-use crate::domain::{BindingKind, NextHopRef};
+use crate::domain::{BindingKind, NextHopRef, Receipt};
 
 /// An event row to write (the push id is the caller's).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -401,6 +401,218 @@ impl<'a> FirstByKey<'a> {
     /// The batch index of the first push with this key, if the batch has one.
     pub fn get(&self, tenant: &str, key: &str) -> Option<usize> {
         self.first.get(&(tenant, key)).copied()
+    }
+}
+
+/// The key of a `push_refs` row.
+pub(crate) type RefKey = (BindingKind, NextHopRef);
+
+/// A push as a receipt batch reads it (locked, on PostgreSQL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HeldPush {
+    pub view: PushView,
+    pub attempts: u32,
+}
+
+/// What a receipt batch reads before [`plan_receipts`] decides: the rows as they were before
+/// the batch.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ReceiptRows {
+    /// The existing `push_refs` rows of the batch's keys and who holds each (`None`: an orphan
+    /// receipt). A key without a row is absent.
+    pub holders: HashMap<RefKey, Option<String>>,
+    /// The pushes that hold them (a holder without a push row is absent).
+    pub pushes: HashMap<String, HeldPush>,
+    /// Every reference of each holding push.
+    pub refs: HashMap<String, Vec<RefRow>>,
+}
+
+/// A push that a receipt batch settles (finished or sent on to its next binding); its
+/// references are released.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SettledPush {
+    pub push_id: String,
+    /// The deciding receipt's binding (the event's).
+    pub binding: BindingKind,
+    /// The push's attempts (the event's attempt number).
+    pub attempts: u32,
+    /// The new state: final, or `queued` for a fallback.
+    pub state: PushState,
+    /// The fallback's binding index (the push is due at once).
+    pub fallback_to: Option<u32>,
+    /// The event's detail.
+    pub detail: String,
+    /// When (the row's `updated_at`, the event's time, a fallback's `next_attempt_at`).
+    pub at_ms: i64,
+}
+
+impl SettledPush {
+    /// `None` unless `settlement` finishes the push or sends it on.
+    fn of(
+        push_id: &str,
+        binding: BindingKind,
+        attempts: u32,
+        settlement: &Settlement,
+        at_ms: i64,
+    ) -> Option<Self> {
+        let (state, fallback_to, detail) = match settlement {
+            Settlement::Finish { state, detail } => (*state, None, detail),
+            Settlement::Fallback {
+                binding_index,
+                detail,
+            } => (PushState::Queued, Some(*binding_index), detail),
+            Settlement::Ignore | Settlement::Hold => return None,
+        };
+        Some(Self {
+            push_id: push_id.to_owned(),
+            binding,
+            attempts,
+            state,
+            fallback_to,
+            detail: detail.clone(),
+            at_ms,
+        })
+    }
+}
+
+/// Settles the pushes whose `Accepted` completion adopted receipts that overtook it (no
+/// trigger), each at its completion's time, from their rows read once for the batch; returns
+/// those that finish or fall back (their references are then released).
+pub(crate) fn settle_adopted(
+    adopted: &[(&str, BindingKind, i64)],
+    rows: &ReceiptRows,
+) -> Vec<SettledPush> {
+    adopted
+        .iter()
+        .filter_map(|(id, binding, at_ms)| {
+            let push = rows.pushes.get(*id);
+            let refs = rows.refs.get(*id).map_or(&[][..], Vec::as_slice);
+            let settlement = settle(push.map(|p| &p.view), *binding, refs, None, *at_ms);
+            SettledPush::of(
+                id,
+                *binding,
+                push.map_or(0, |p| p.attempts),
+                &settlement,
+                *at_ms,
+            )
+        })
+        .collect()
+}
+
+/// What a batch of receipts writes, decided as if they were applied one by one in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ReceiptPlan {
+    /// One per receipt, in order.
+    pub effects: Vec<ReceiptEffect>,
+    /// Pushes settled by the batch, in order: their state changes and events are written, then
+    /// all their references deleted.
+    pub settled: Vec<SettledPush>,
+    /// Receipts whose row is written after those deletions, with the push that holds the row
+    /// (`None`: kept as an orphan, held until `now + hold`): an insert where no row is left,
+    /// else an update of status, detail and time that keeps the holder and the hold. Receipts
+    /// recorded on a push that settled in the batch are not here (their rows are deleted).
+    pub upserts: Vec<(usize, Option<String>)>,
+}
+
+/// Splits a receipt batch into runs in which no reference repeats (each run is planned with
+/// [`plan_receipts`] against the rows the previous runs wrote).
+pub(crate) fn runs_of_distinct_refs(receipts: &[Receipt], max_len: usize) -> Vec<&[Receipt]> {
+    let mut runs = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut start = 0;
+    for (i, r) in receipts.iter().enumerate() {
+        if i - start >= max_len.max(1) || !seen.insert((r.binding, &r.reference)) {
+            runs.push(&receipts[start..i]);
+            start = i;
+            seen.clear();
+            seen.insert((r.binding, &r.reference));
+        }
+    }
+    if start < receipts.len() {
+        runs.push(&receipts[start..]);
+    }
+    runs
+}
+
+/// Receipt application for a batch whose references are distinct (see
+/// [`runs_of_distinct_refs`]), all at `now_ms`: the same decisions as applying them one by one
+/// — record the receipt on its row (an orphan row when no push holds the reference), then
+/// [`settle`] the holder with the receipt as trigger — computed from the rows read once for the
+/// whole batch, so that a store writes the outcome with a few statements per batch instead of
+/// several per receipt.
+///
+/// One by one, a push settled by an earlier receipt of the batch has released its references,
+/// so a later receipt for another of its parts finds no row and is kept as an orphan; a part
+/// recorded before the push settled is deleted with the others.
+pub(crate) fn plan_receipts(
+    receipts: &[Receipt],
+    mut rows: ReceiptRows,
+    now_ms: i64,
+) -> ReceiptPlan {
+    let mut effects = Vec::with_capacity(receipts.len());
+    let mut settled: Vec<SettledPush> = Vec::new();
+    let mut released = std::collections::HashSet::new();
+    let mut upserts = Vec::with_capacity(receipts.len());
+    for (i, r) in receipts.iter().enumerate() {
+        let holder = rows
+            .holders
+            .get(&(r.binding, r.reference.clone()))
+            .cloned()
+            .flatten()
+            .filter(|p| !released.contains(p));
+        let Some(push_id) = holder else {
+            // No row, an orphan row, or the row of a push that settled above (deleted by then).
+            effects.push(ReceiptEffect::Pending);
+            upserts.push((i, None));
+            continue;
+        };
+        let refs = rows.refs.entry(push_id.clone()).or_default();
+        let status = RefStatus::of_receipt(r.delivered);
+        match refs.iter_mut().find(|x| x.reference == r.reference) {
+            Some(x) => {
+                x.status = status;
+                x.detail.clone_from(&r.detail);
+                x.updated_at_ms = now_ms;
+            }
+            None => refs.push(RefRow {
+                reference: r.reference.clone(),
+                status,
+                detail: r.detail.clone(),
+                updated_at_ms: now_ms,
+            }),
+        }
+        let push = rows.pushes.get_mut(&push_id);
+        let settlement = settle(
+            push.as_ref().map(|p| &p.view),
+            r.binding,
+            refs,
+            Some(&r.reference),
+            now_ms,
+        );
+        if let Some(p) = push {
+            match &settlement {
+                Settlement::Finish { state, .. } => p.view.state = *state,
+                Settlement::Fallback { binding_index, .. } => {
+                    p.view.state = PushState::Queued;
+                    p.view.binding_index = *binding_index;
+                }
+                Settlement::Ignore | Settlement::Hold => {}
+            }
+            if let Some(done) =
+                SettledPush::of(&push_id, r.binding, p.attempts, &settlement, now_ms)
+            {
+                released.insert(push_id.clone());
+                settled.push(done);
+            }
+        }
+        upserts.push((i, Some(push_id.clone())));
+        effects.push(receipt_effect(push_id, settlement));
+    }
+    upserts.retain(|(_, holder)| holder.as_ref().is_none_or(|p| !released.contains(p)));
+    ReceiptPlan {
+        effects,
+        settled,
+        upserts,
     }
 }
 
@@ -803,5 +1015,179 @@ mod tests {
         assert_eq!(got, [None, None, Some(0), None, Some(0)]);
         assert_eq!(first.get("t2", "k"), Some(3));
         assert_eq!(first.get("t3", "k"), None);
+    }
+
+    fn rcpt(id: &str, delivered: bool) -> Receipt {
+        Receipt {
+            binding: BindingKind::Wap,
+            reference: NextHopRef::new("acct", id),
+            delivered,
+            detail: if delivered { "D" } else { "F" }.to_owned(),
+            hold: std::time::Duration::from_millis(50),
+            ack: None,
+        }
+    }
+
+    fn key(id: &str) -> RefKey {
+        (BindingKind::Wap, NextHopRef::new("acct", id))
+    }
+
+    /// Rows for pushes `p` (two parts p0, p1; auto over WAP then HTTP) and `q` (one part q0,
+    /// WAP only), both accepted, and an orphan receipt `o`.
+    fn rows() -> ReceiptRows {
+        let mut rows = ReceiptRows::default();
+        for (k, holder) in [
+            ("p0", Some("p")),
+            ("p1", Some("p")),
+            ("q0", Some("q")),
+            ("o", None),
+        ] {
+            rows.holders.insert(key(k), holder.map(str::to_owned));
+        }
+        let mut p = view(PushState::Accepted, None);
+        p.bindings = vec![BindingKind::Wap, BindingKind::Http];
+        p.expires_at_ms = 10_000;
+        rows.pushes.insert(
+            "p".into(),
+            HeldPush {
+                view: p,
+                attempts: 1,
+            },
+        );
+        rows.pushes.insert(
+            "q".into(),
+            HeldPush {
+                view: view(PushState::Accepted, Some(BindingKind::Wap)),
+                attempts: 2,
+            },
+        );
+        rows.refs.insert(
+            "p".into(),
+            vec![r("p0", Pending, "", 1), r("p1", Pending, "", 1)],
+        );
+        rows.refs.insert("q".into(), vec![r("q0", Pending, "", 1)]);
+        rows
+    }
+
+    #[test]
+    fn a_receipt_batch_decides_as_one_by_one() {
+        // Two parts of p delivered: partial, then finished by the second (its detail).
+        let plan = plan_receipts(&[rcpt("p0", true), rcpt("p1", true)], rows(), 5);
+        assert_eq!(
+            plan.effects,
+            [
+                ReceiptEffect::Partial {
+                    push_id: "p".into()
+                },
+                ReceiptEffect::Finished {
+                    push_id: "p".into(),
+                    state: PushState::Delivered
+                }
+            ]
+        );
+        assert_eq!(plan.settled.len(), 1);
+        assert_eq!(
+            (plan.settled[0].state, plan.settled[0].attempts),
+            (PushState::Delivered, 1)
+        );
+        // Both rows go with the release.
+        assert_eq!(plan.upserts, []);
+
+        // p falls back and q finishes in one batch; p's other part, after the fallback, finds no
+        // row (kept as an orphan); the orphan `o` and an unknown id stay orphans.
+        let batch = [
+            rcpt("p0", false),
+            rcpt("q0", false),
+            rcpt("p1", true),
+            rcpt("o", true),
+            rcpt("new", false),
+        ];
+        let plan = plan_receipts(&batch, rows(), 5);
+        assert_eq!(
+            plan.effects,
+            [
+                ReceiptEffect::FellBack {
+                    push_id: "p".into(),
+                    binding_index: 1
+                },
+                ReceiptEffect::Finished {
+                    push_id: "q".into(),
+                    state: PushState::Failed
+                },
+                ReceiptEffect::Pending,
+                ReceiptEffect::Pending,
+                ReceiptEffect::Pending,
+            ]
+        );
+        let fallback = &plan.settled[0];
+        assert_eq!(
+            (
+                fallback.push_id.as_str(),
+                fallback.state,
+                fallback.fallback_to
+            ),
+            ("p", PushState::Queued, Some(1))
+        );
+        assert!(fallback.detail.ends_with("falling back to http"));
+        assert_eq!(
+            (plan.settled[1].state, plan.settled[1].fallback_to),
+            (PushState::Failed, None)
+        );
+        assert_eq!(plan.upserts, [(2, None), (3, None), (4, None)]);
+
+        // A part recorded while the push still waits is written with its holder.
+        let plan = plan_receipts(&[rcpt("p1", true)], rows(), 5);
+        assert_eq!(plan.upserts, [(0, Some("p".to_owned()))]);
+        assert!(plan.settled.is_empty());
+    }
+
+    #[test]
+    fn a_receipt_of_a_settled_or_missing_push_is_ignored_and_kept() {
+        let mut rows = rows();
+        rows.pushes.get_mut("q").unwrap().view.state = PushState::Delivered;
+        rows.pushes.remove("p");
+        let plan = plan_receipts(&[rcpt("q0", true), rcpt("p0", true)], rows, 5);
+        assert_eq!(
+            plan.effects,
+            [
+                ReceiptEffect::Ignored {
+                    push_id: "q".into()
+                },
+                ReceiptEffect::Ignored {
+                    push_id: "p".into()
+                }
+            ]
+        );
+        assert!(plan.settled.is_empty());
+        assert_eq!(
+            plan.upserts,
+            [(0, Some("q".to_owned())), (1, Some("p".to_owned()))]
+        );
+    }
+
+    #[test]
+    fn receipt_runs_never_repeat_a_reference() {
+        let batch = [
+            rcpt("a", true),
+            rcpt("b", true),
+            rcpt("a", false),
+            rcpt("c", true),
+            rcpt("b", true),
+        ];
+        let lens: Vec<usize> = runs_of_distinct_refs(&batch, 10)
+            .iter()
+            .map(|r| r.len())
+            .collect();
+        assert_eq!(lens, [2, 3]);
+        let lens: Vec<usize> = runs_of_distinct_refs(&batch, 2)
+            .iter()
+            .map(|r| r.len())
+            .collect();
+        assert_eq!(lens, [2, 2, 1]);
+        // The same id on another binding is another reference.
+        let mut sip = rcpt("a", true);
+        sip.binding = BindingKind::Sip;
+        assert_eq!(runs_of_distinct_refs(&[rcpt("a", true), sip], 10).len(), 1);
+        assert!(runs_of_distinct_refs(&[], 10).is_empty());
     }
 }

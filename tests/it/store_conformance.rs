@@ -1698,6 +1698,174 @@ async fn purge_final_only(s: Arc<dyn Store>) {
 
 // ---------------------------------------------------------------------------------------------
 
+/// One receipt batch that mixes every case, applied as if one by one in order (the stores
+/// decide a batch from rows read once, so the order inside the batch is what this checks): two
+/// parts of one push, a fallback and a finish, a part of a push that settled earlier in the
+/// batch, a duplicate of a settled receipt (adjacent and not), and a receipt that overtakes its
+/// completion.
+async fn receipt_batch_mixes_cases(s: Arc<dyn Store>) {
+    let a = created(&s, push("t1")).await;
+    let b = created(&s, wap_only("t1")).await;
+    let f = created(&s, push("t1")).await;
+    let d = created(&s, push("t1")).await;
+    let o = created(&s, push("t1")).await;
+    let mut claimed = std::collections::HashMap::new();
+    for _ in 0..5 {
+        let x = claim_one(&s, "w", T0).await;
+        claimed.insert(x.id.clone(), x);
+    }
+    let accepted = |id: &String, refs: &[&str]| {
+        let refs: Vec<String> = refs.iter().map(|r| format!("{id}-{r}")).collect();
+        done(
+            &claimed[id],
+            "w",
+            T0 + 2,
+            Next::Accepted { refs: nhs(&refs) },
+            "sent",
+        )
+    };
+    // One completion batch records the references of four pushes.
+    s.complete(vec![
+        accepted(&a, &["0", "1"]),
+        accepted(&b, &["0"]),
+        accepted(&f, &["0", "1"]),
+        accepted(&d, &["0"]),
+    ])
+    .await
+    .unwrap();
+    let r = |id: &String, part: &str, delivered: bool, detail: &str| {
+        receipt(&format!("{id}-{part}"), delivered, detail)
+    };
+    let batch = vec![
+        r(&a, "0", true, "DELIVRD a0"),
+        r(&f, "0", false, "UNDELIV f0"),
+        r(&b, "0", true, "DELIVRD b0"),
+        r(&a, "1", true, "DELIVRD a1"),
+        r(&f, "1", true, "DELIVRD f1"),
+        r(&d, "0", true, "DELIVRD d0"),
+        r(&d, "0", false, "UNDELIV d0 again"),
+        r(&o, "0", true, "DELIVRD o0"),
+        r(&b, "0", false, "UNDELIV b0 again"),
+    ];
+    assert_eq!(
+        s.apply_receipts(&batch, T0 + 5).await.unwrap(),
+        vec![
+            ReceiptEffect::Partial { push_id: a.clone() },
+            ReceiptEffect::FellBack {
+                push_id: f.clone(),
+                binding_index: 1
+            },
+            ReceiptEffect::Finished {
+                push_id: b.clone(),
+                state: PushState::Delivered
+            },
+            ReceiptEffect::Finished {
+                push_id: a.clone(),
+                state: PushState::Delivered
+            },
+            // F released its ids when it fell back: kept as an orphan.
+            ReceiptEffect::Pending,
+            ReceiptEffect::Finished {
+                push_id: d.clone(),
+                state: PushState::Delivered
+            },
+            // Duplicates of settled receipts: orphans; they change nothing.
+            ReceiptEffect::Pending,
+            // Overtakes O's completion.
+            ReceiptEffect::Pending,
+            ReceiptEffect::Pending,
+        ]
+    );
+    let last = |id: String| {
+        let s = s.clone();
+        async move {
+            let r = s.get_push("t1", &id).await.unwrap().unwrap();
+            let e = r.events.last().unwrap().clone();
+            (r.state, r.events.len(), e.state, e.detail)
+        }
+    };
+    let (state, n, ev, detail) = last(a.clone()).await;
+    assert_eq!(
+        (state, n, ev),
+        (PushState::Delivered, 3, PushState::Delivered)
+    );
+    assert!(detail.contains("DELIVRD a1"), "{detail:?}");
+    let (state, n, _, detail) = last(b.clone()).await;
+    assert_eq!((state, n), (PushState::Delivered, 3));
+    assert!(detail.contains("DELIVRD b0"), "{detail:?}");
+    let (state, n, _, detail) = last(d.clone()).await;
+    assert_eq!((state, n), (PushState::Delivered, 3));
+    assert!(detail.contains("DELIVRD d0"), "{detail:?}");
+    let (state, n, ev, detail) = last(f.clone()).await;
+    assert_eq!((state, n, ev), (PushState::Queued, 3, PushState::Queued));
+    assert!(
+        detail.contains("UNDELIV f0") && detail.contains("falling back to sip"),
+        "{detail:?}"
+    );
+    // The fallback is due at once, with the next binding.
+    let c = claim_one(&s, "w", T0 + 5).await;
+    assert_eq!((c.id.as_str(), c.binding_index), (f.as_str(), 1));
+    // O's completion adopts the receipt that overtook it.
+    s.complete(vec![accepted(&o, &["0"])]).await.unwrap();
+    assert_eq!(state_of(&s, "t1", &o).await, PushState::Delivered);
+    // The orphans of the batch were kept for their hold window (f1, d0, b0; o0 was adopted).
+    assert_eq!(
+        s.drop_orphan_receipts(T0 + 5 + HOLD_MS as i64, 100)
+            .await
+            .unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        s.drop_orphan_receipts(T0 + 6 + HOLD_MS as i64, 100)
+            .await
+            .unwrap(),
+        vec![(BindingKind::Wap, 3)]
+    );
+}
+
+/// A completion batch applies each completion only under its lease, in order: a completion by
+/// an owner that does not hold the lease changes nothing, and a second completion of the same
+/// push in the batch finds the lease gone.
+async fn completion_batch_lease_and_repeats(s: Arc<dyn Store>) {
+    for _ in 0..3 {
+        created(&s, push("t1")).await;
+    }
+    let got = s.claim("a", T0, LEASE, 10).await.unwrap();
+    assert_eq!(got.len(), 3);
+    let refs = vec![format!("{}-0", got[2].id)];
+    s.complete(vec![
+        done(&got[0], "a", T0 + 1, Next::Delivered, "ok"),
+        done(&got[1], "b", T0 + 1, Next::Delivered, "not b's"),
+        done(
+            &got[2],
+            "a",
+            T0 + 1,
+            Next::Accepted { refs: nhs(&refs) },
+            "sent",
+        ),
+        done(&got[2], "a", T0 + 2, Next::Failed, "lease gone"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(state_of(&s, "t1", &got[0].id).await, PushState::Delivered);
+    assert_eq!(state_of(&s, "t1", &got[1].id).await, PushState::Sending);
+    let states: Vec<PushState> = events_of(&s, &got[2].id)
+        .await
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(states, [PushState::Queued, PushState::Accepted]);
+    assert_eq!(
+        s.apply_receipt(&receipt(&refs[0], true, "DELIVRD"), T0 + 3)
+            .await
+            .unwrap(),
+        ReceiptEffect::Finished {
+            push_id: got[2].id.clone(),
+            state: PushState::Delivered
+        }
+    );
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod pg {
@@ -1750,6 +1918,8 @@ conformance!(
     failed_receipt_falls_back_under_auto,
     collapse_is_scoped_to_the_device,
     purge_final_only,
+    receipt_batch_mixes_cases,
+    completion_batch_lease_and_repeats,
 );
 
 /// PostgreSQL only: per-owner lease count (the default trait method answers 0).

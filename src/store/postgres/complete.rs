@@ -322,16 +322,24 @@ async fn record_refs(
                 .await?;
         }
     }
-    let mut fell_back = false;
-    for a in accepted {
-        let c = a.completion;
-        if adopted.remove(&c.push_id) {
-            // Just made `accepted` by this completion (inside this transaction).
-            let settled = settle(tx, &c.push_id, a.binding, c.at_ms, None).await?;
-            fell_back |= matches!(settled, Settlement::Fallback { .. });
-        }
+    // Pushes just made `accepted` by their completion (inside this transaction) that adopted
+    // overtaking receipts: settled together (with a fast SMSC most receipts overtake).
+    let adopted: Vec<(&str, BindingKind, i64)> = accepted
+        .iter()
+        .filter(|a| adopted.contains(&a.completion.push_id))
+        .map(|a| (a.completion.push_id.as_str(), a.binding, a.completion.at_ms))
+        .collect();
+    if adopted.is_empty() {
+        return Ok(false);
     }
-    Ok(fell_back)
+    let mut held: Vec<String> = adopted.iter().map(|(id, _, _)| (*id).to_owned()).collect();
+    held.sort_unstable();
+    held.dedup();
+    let mut rows = rules::ReceiptRows::default();
+    read_held(tx, &held, &mut rows).await?;
+    let settled = rules::settle_adopted(&adopted, &rows);
+    write_settled(tx, &settled).await?;
+    Ok(settled.iter().any(|s| s.fallback_to.is_some()))
 }
 
 /// Reads (and locks) the push and its references, applies [`rules::settle`], and writes what it
@@ -440,6 +448,12 @@ async fn settle(
     Ok(settlement)
 }
 
+/// Receipts per run of distinct references ([`rules::runs_of_distinct_refs`]): read the rows
+/// once per run (references, then their pushes, each locked in key order), decide with
+/// [`rules::plan_receipts`], and write the outcome with one statement per kind of change —
+/// instead of an upsert, two reads and up to three writes per receipt.
+const RECEIPT_RUN: usize = 1_000;
+
 pub(super) async fn apply_receipts(
     pool: &PgPool,
     receipts: &[Receipt],
@@ -447,8 +461,8 @@ pub(super) async fn apply_receipts(
 ) -> Result<Vec<ReceiptEffect>, StoreError> {
     let mut tx = pool.begin().await?;
     let mut effects = Vec::with_capacity(receipts.len());
-    for r in receipts {
-        effects.push(receipt_in(&mut tx, r, now_ms).await?);
+    for run in rules::runs_of_distinct_refs(receipts, RECEIPT_RUN) {
+        effects.extend(receipt_run(&mut tx, run, now_ms).await?);
     }
     if effects
         .iter()
@@ -464,45 +478,230 @@ pub(super) async fn apply_receipts(
     Ok(effects)
 }
 
-/// One receipt inside the caller's transaction: recorded on the row of its reference (an orphan
-/// row, held until `now + hold`, when no push holds the id), then the holder is settled.
-async fn receipt_in(
+/// One run of receipts with distinct references, inside the caller's transaction.
+///
+/// Locks: the existing reference rows (key order), then their pushes (id order) — the order the
+/// one-receipt-at-a-time path took, so completions and other replicas' receipt batches still
+/// wait instead of deadlocking. A key without a row is not locked; if a completion inserts it
+/// before the upsert below, the upsert finds that push as the holder and that receipt is
+/// settled on its own ([`settle`]), as before.
+async fn receipt_run(
     tx: &mut Transaction<'static, Postgres>,
-    receipt: &Receipt,
+    receipts: &[Receipt],
     now_ms: i64,
-) -> Result<ReceiptEffect, StoreError> {
-    let hold = i64::try_from(receipt.hold.as_millis()).unwrap_or(i64::MAX);
-    let push_id: Option<String> = sqlx::query_scalar(
+) -> Result<Vec<ReceiptEffect>, StoreError> {
+    let mut keys = RefCols::default();
+    for r in receipts {
+        keys.add(r.binding, &r.reference, "", now_ms);
+    }
+    let mut rows = rules::ReceiptRows::default();
+    for r in sqlx::query(
+        "SELECT binding, account, reference, push_id FROM push_refs \
+         WHERE (binding, account, reference) IN \
+             (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])) \
+         ORDER BY binding, account, reference FOR UPDATE",
+    )
+    .bind(&keys.binding)
+    .bind(&keys.account)
+    .bind(&keys.reference)
+    .fetch_all(&mut **tx)
+    .await?
+    {
+        let Some(binding) = BindingKind::parse(r.try_get("binding")?) else {
+            continue;
+        };
+        let key = (
+            binding,
+            NextHopRef {
+                account: r.try_get("account")?,
+                id: r.try_get("reference")?,
+            },
+        );
+        rows.holders.insert(key, r.try_get("push_id")?);
+    }
+    let mut held: Vec<String> = rows.holders.values().flatten().cloned().collect();
+    held.sort_unstable();
+    held.dedup();
+    read_held(tx, &held, &mut rows).await?;
+    let plan = rules::plan_receipts(receipts, rows, now_ms);
+    let mut effects = plan.effects;
+    write_settled(tx, &plan.settled).await?;
+    // Upserts in key order (concurrent inserters of the same orphan keys wait in one order).
+    let mut upserts = plan.upserts;
+    upserts.sort_by(|a, b| {
+        let (x, y) = (&receipts[a.0], &receipts[b.0]);
+        (x.binding.as_str(), &x.reference).cmp(&(y.binding.as_str(), &y.reference))
+    });
+    if upserts.is_empty() {
+        return Ok(effects);
+    }
+    let mut cols = RefCols::default();
+    let (mut status, mut detail, mut hold_until) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, _) in &upserts {
+        let r = &receipts[*i];
+        cols.add(r.binding, &r.reference, "", now_ms);
+        status.push(RefStatus::of_receipt(r.delivered).as_str());
+        detail.push(r.detail.as_str());
+        let hold = i64::try_from(r.hold.as_millis()).unwrap_or(i64::MAX);
+        hold_until.push(now_ms.saturating_add(hold));
+    }
+    let holders: Vec<Option<String>> = sqlx::query_scalar(
         "INSERT INTO push_refs \
              (binding, account, reference, push_id, status, detail, updated_at, hold_until) \
-         VALUES ($1, $2, $3, NULL, $4, $5, $6, $7) \
+         SELECT b, a, r, NULL, s, d, $7::int8, h \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[]) \
+             WITH ORDINALITY AS u(b, a, r, s, d, h, n) \
+         ORDER BY n \
          ON CONFLICT (binding, account, reference) DO UPDATE SET status = EXCLUDED.status, \
              detail = EXCLUDED.detail, updated_at = EXCLUDED.updated_at \
          RETURNING push_id",
     )
-    .bind(receipt.binding.as_str())
-    .bind(&receipt.reference.account)
-    .bind(&receipt.reference.id)
-    .bind(RefStatus::of_receipt(receipt.delivered).as_str())
-    .bind(&receipt.detail)
+    .bind(&cols.binding)
+    .bind(&cols.account)
+    .bind(&cols.reference)
+    .bind(&status)
+    .bind(&detail)
+    .bind(&hold_until)
     .bind(now_ms)
-    .bind(now_ms.saturating_add(hold))
-    .fetch_one(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
-    let Some(push_id) = push_id else {
-        // Overtook the completion: kept (at most `hold`), applied when the Accepted completion
-        // names it.
-        return Ok(ReceiptEffect::Pending);
-    };
-    let settled = settle(
-        tx,
-        &push_id,
-        receipt.binding,
-        now_ms,
-        Some(&receipt.reference),
+    // RETURNING gives no order guarantee: match the rows back by key only where it matters, i.e.
+    // when some receipt planned as an orphan met a holder (a completion inserted the key after
+    // the locking read). That is rare, so the plain path checks only whether any did.
+    let expected = upserts.iter().filter(|(_, h)| h.is_some()).count();
+    if holders.iter().filter(|h| h.is_some()).count() > expected {
+        for (i, h) in &upserts {
+            if h.is_some() {
+                continue;
+            }
+            let r = &receipts[*i];
+            let holder: Option<String> = sqlx::query_scalar(
+                "SELECT push_id FROM push_refs \
+                 WHERE binding = $1 AND account = $2 AND reference = $3",
+            )
+            .bind(r.binding.as_str())
+            .bind(&r.reference.account)
+            .bind(&r.reference.id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .flatten();
+            if let Some(push_id) = holder {
+                let settled = settle(tx, &push_id, r.binding, now_ms, Some(&r.reference)).await?;
+                effects[*i] = rules::receipt_effect(push_id, settled);
+            }
+        }
+    }
+    Ok(effects)
+}
+
+/// Reads (and locks, in id order) the pushes `held` and all their references into `rows`.
+async fn read_held(
+    tx: &mut Transaction<'static, Postgres>,
+    held: &[String],
+    rows: &mut rules::ReceiptRows,
+) -> Result<(), StoreError> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    // Locked so that receipts for two parts of one push (in two batches) settle it once.
+    for r in sqlx::query(
+        "SELECT id, state, attempts, binding_choice, binding_index, bindings, expires_at \
+         FROM pushes WHERE id = ANY($1) ORDER BY id FOR UPDATE",
     )
+    .bind(held)
+    .fetch_all(&mut **tx)
+    .await?
+    {
+        let bindings: Vec<DeviceBinding> = from_json(r.try_get("bindings")?, "push bindings")?;
+        let push = rules::HeldPush {
+            view: PushView {
+                state: parse_state(r.try_get("state")?)?,
+                binding_choice: parse_binding(r.try_get("binding_choice")?, "binding_choice")?,
+                binding_index: super::u32_of(r.try_get("binding_index")?, "binding_index")?,
+                bindings: bindings.iter().map(DeviceBinding::kind).collect(),
+                expires_at_ms: r.try_get("expires_at")?,
+            },
+            attempts: super::u32_of(r.try_get("attempts")?, "attempts")?,
+        };
+        rows.pushes.insert(r.try_get("id")?, push);
+    }
+    for r in sqlx::query(
+        "SELECT push_id, account, reference, status, detail, updated_at FROM push_refs \
+         WHERE push_id = ANY($1)",
+    )
+    .bind(held)
+    .fetch_all(&mut **tx)
+    .await?
+    {
+        rows.refs
+            .entry(r.try_get("push_id")?)
+            .or_default()
+            .push(RefRow {
+                reference: NextHopRef {
+                    account: r.try_get("account")?,
+                    id: r.try_get("reference")?,
+                },
+                status: RefStatus::parse(r.try_get("status")?),
+                detail: r.try_get("detail")?,
+                updated_at_ms: r.try_get("updated_at")?,
+            });
+    }
+    Ok(())
+}
+
+/// The state changes and events of pushes settled by receipts, and the release of their
+/// references: one statement each for the whole run.
+async fn write_settled(
+    tx: &mut Transaction<'static, Postgres>,
+    settled: &[rules::SettledPush],
+) -> Result<(), StoreError> {
+    if settled.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(settled.len());
+    let mut states = Vec::with_capacity(settled.len());
+    let mut index: Vec<Option<i32>> = Vec::with_capacity(settled.len());
+    let mut next_at: Vec<Option<i64>> = Vec::with_capacity(settled.len());
+    let mut at = Vec::with_capacity(settled.len());
+    let mut ev = Events::default();
+    for s in settled {
+        let idx = s.fallback_to.map(i32_of);
+        ids.push(s.push_id.clone());
+        states.push(s.state.as_str());
+        index.push(idx);
+        // A fallback goes on at once with the next binding.
+        next_at.push(idx.map(|_| s.at_ms));
+        at.push(s.at_ms);
+        ev.add(
+            &s.push_id,
+            s.at_ms,
+            s.state,
+            Some(s.binding),
+            i32_of(s.attempts),
+            s.detail.clone(),
+        );
+    }
+    sqlx::query(
+        "UPDATE pushes p SET state = u.state, updated_at = u.at, \
+             binding_index = COALESCE(u.idx, p.binding_index), \
+             next_attempt_at = COALESCE(u.next_at, p.next_attempt_at) \
+         FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int8[], $5::int8[]) \
+             AS u(id, state, idx, next_at, at) \
+         WHERE p.id = u.id",
+    )
+    .bind(&ids)
+    .bind(&states)
+    .bind(&index)
+    .bind(&next_at)
+    .bind(&at)
+    .execute(&mut **tx)
     .await?;
-    Ok(rules::receipt_effect(push_id, settled))
+    ev.flush(tx).await?;
+    sqlx::query("DELETE FROM push_refs WHERE push_id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// `accepted` pushes past `expires_at + grace` become `unconfirmed` (one statement, with events).
