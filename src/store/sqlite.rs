@@ -46,6 +46,13 @@ mod outbox;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
+/// Page cache of the single writer connection, in KiB (SQLite's default is ~2 MB). At a million
+/// pushes the interior pages of `pushes` and its indexes alone are ~3 MB (`dbstat`), so with the
+/// default every insert and state change re-reads them; 16 MiB holds them and the hot leaves
+/// (the ends where time-ordered ids and due times append). Only the writer has it: bounded
+/// memory (this much), and RSS stays within the scale target (docs/perf/scale.md).
+const SQLITE_WRITER_CACHE_KIB: u64 = 16 * 1024;
+
 /// Rows per multi-row INSERT: 22 columns × 200 rows stays well under SQLite's 32,766 variables.
 const INSERT_CHUNK: usize = 200;
 
@@ -131,7 +138,15 @@ impl SqliteStore {
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(opts.busy_timeout_secs.max(1) * 3))
-            .connect_with(connect.clone())
+            // The one writer updates every index on `pushes` for each insert and state change;
+            // with SQLite's default page cache (~2 MB) those index pages fall out of the cache
+            // once the table grows (a million waiting pushes), and each insert, claim and
+            // completion waits on page reads (docs/perf/scale.md).
+            .connect_with(
+                connect
+                    .clone()
+                    .pragma("cache_size", format!("-{}", SQLITE_WRITER_CACHE_KIB)),
+            )
             .await?;
         if opts.auto_migrate {
             MIGRATOR.run(&write).await?;
