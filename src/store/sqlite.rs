@@ -1034,10 +1034,10 @@ impl Store for SqliteStore {
     async fn expire(&self, now_ms: i64, limit: u32) -> Result<u64, StoreError> {
         let mut tx = self.write.begin().await?;
         let rows: Vec<(String, i64, Option<String>)> = sqlx::query_as(EXPIRE_SQL)
-        .bind(now_ms)
-        .bind(limit as i64)
-        .fetch_all(&mut *tx)
-        .await?;
+            .bind(now_ms)
+            .bind(limit as i64)
+            .fetch_all(&mut *tx)
+            .await?;
         for (id, attempts, binding) in &rows {
             let binding = binding.as_deref().and_then(BindingKind::parse);
             insert_event(
@@ -1278,16 +1278,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir).await;
         // Rows of EXPLAIN QUERY PLAN: id, parent, notused, detail.
-        let plan: Vec<String> =
-            sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {EXPIRE_SQL}")))
-                .bind(0i64)
-                .bind(1000i64)
-                .fetch_all(&s.write)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.try_get::<String, _>("detail").unwrap())
-                .collect();
+        let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {EXPIRE_SQL}"
+        )))
+        .bind(0i64)
+        .bind(1000i64)
+        .fetch_all(&s.write)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get::<String, _>("detail").unwrap())
+        .collect();
         let plan = plan.join("\n");
         assert!(
             plan.contains("USING INDEX pushes_expiry (expires_at<?)"),
