@@ -487,14 +487,20 @@ impl Store for PgStore {
 
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query_scalar(
-            // Per priority level, so that each min is the first entry of `pushes_due` (one
-            // min over all levels scans the whole index).
+            // Per priority level, so that each is the first entry of `pushes_due` (one min over
+            // all levels scans the whole index). Written as an index-ordered `LIMIT 1`, not
+            // `min()`: the planner turns `min()` into that only when it expects many rows, and
+            // otherwise aggregates over every entry of the level — with a million waiting pushes
+            // and statistics that lag the load, the query was logged at 1.0–1.3 s
+            // (docs/perf/scale.md). `LIMIT 1` in index order stops at the first live entry.
             "SELECT min(m) FROM ( \
-                 SELECT min(next_attempt_at) AS m FROM pushes \
-                 WHERE state IN ('queued', 'retry_wait') AND priority = 1 \
+                 (SELECT next_attempt_at AS m FROM pushes \
+                  WHERE state IN ('queued', 'retry_wait') AND priority = 1 \
+                  ORDER BY priority DESC, next_attempt_at LIMIT 1) \
                  UNION ALL \
-                 SELECT min(next_attempt_at) FROM pushes \
-                 WHERE state IN ('queued', 'retry_wait') AND priority = 0) x",
+                 (SELECT next_attempt_at FROM pushes \
+                  WHERE state IN ('queued', 'retry_wait') AND priority = 0 \
+                  ORDER BY priority DESC, next_attempt_at LIMIT 1)) x",
         )
         .fetch_one(&self.pool)
         .await?)
