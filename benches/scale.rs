@@ -14,7 +14,7 @@
 //!    **accept rate**: wrk posting pushes with a far-future `not_before` for `--seconds`.
 //! 3. **Load**: `--pushes` minus those already waiting, through `POST /v1/pushes/batch` (1000 per
 //!    request, 4 in flight), all due tomorrow, while the gateway runs. RSS after the load.
-//! 4. After 5 s for the load's writes to settle, the same measurements as in 2 with the million
+//! 4. After a `CHECKPOINT` (PostgreSQL) and 5 s for the load's writes to settle, the same measurements as in 2 with the million
 //!    waiting; RSS after them. Delivery progress is counted at the receiver, not on `/metrics`
 //!    (each scrape counts the pushes per state, at most once a second: over a million rows that
 //!    would load the gateway being measured); `/metrics` is read once before and once after.
@@ -306,7 +306,10 @@ async fn scale(a: &Args) {
         mib(rss_loaded),
         common::load_average()
     );
-    // The load's last writes settle (WAL checkpoint, autovacuum) before the second measurement.
+    // The load's last writes settle (WAL checkpoint, autovacuum) before the second measurement;
+    // on PostgreSQL the load's checkpoint is forced first (it otherwise ran through the whole
+    // measurement: docs/perf/scale.md).
+    db.checkpoint().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let full = measure(&http, &g, &rx, dir.path(), a, &format!("{waiting} waiting")).await;
     let rss_full = g.rss_bytes().max(rss_loaded);
