@@ -202,11 +202,17 @@ async fn record_refs(
     };
     let mut adopted = HashSet::new();
     for g in groups {
+        // In key order, byte-wise (= `COLLATE "C"`), the order in which receipt batches lock and
+        // upsert the same keys: two transactions inserting overlapping new keys in different
+        // orders deadlock (seen as 1 s stalls — `deadlock_timeout` — in the SMS benchmark).
+        let mut keyed: Vec<(&str, &NextHopRef, &Accepted<'_>)> = g
+            .iter()
+            .flat_map(|a| a.refs.iter().map(move |r| (a.binding.as_str(), *r, a)))
+            .collect();
+        keyed.sort_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
         let mut all = RefCols::default();
-        for a in g {
-            for r in a.refs {
-                all.add(a.binding, r, &a.completion.push_id, a.completion.at_ms);
-            }
+        for (_, r, a) in keyed {
+            all.add(a.binding, r, &a.completion.push_id, a.completion.at_ms);
         }
         let inserted: HashSet<(String, String, String)> = sqlx::query_as(
             "INSERT INTO push_refs \
@@ -247,7 +253,7 @@ async fn record_refs(
             "SELECT binding, account, reference, push_id, hold_until FROM push_refs \
              WHERE (binding, account, reference) IN \
                  (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])) \
-             ORDER BY binding, account, reference FOR UPDATE",
+             ORDER BY binding COLLATE \"C\", account COLLATE \"C\", reference COLLATE \"C\" FOR UPDATE",
         )
         .bind(&rest.binding)
         .bind(&rest.account)
@@ -499,7 +505,7 @@ async fn receipt_run(
         "SELECT binding, account, reference, push_id FROM push_refs \
          WHERE (binding, account, reference) IN \
              (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])) \
-         ORDER BY binding, account, reference FOR UPDATE",
+         ORDER BY binding COLLATE \"C\", account COLLATE \"C\", reference COLLATE \"C\" FOR UPDATE",
     )
     .bind(&keys.binding)
     .bind(&keys.account)
