@@ -173,6 +173,26 @@ impl RefCols {
     }
 }
 
+/// Reads and locks the existing `push_refs` rows of `keys`, in byte-wise key order: the one
+/// order in which completions and receipt batches lock references (two transactions locking
+/// overlapping keys in different orders deadlock; docs/ARCHITECTURE.md).
+async fn lock_refs(
+    tx: &mut Transaction<'static, Postgres>,
+    keys: &RefCols,
+) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
+    Ok(sqlx::query(
+        "SELECT binding, account, reference, push_id, hold_until FROM push_refs \
+         WHERE (binding, account, reference) IN \
+             (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])) \
+         ORDER BY binding COLLATE \"C\", account COLLATE \"C\", reference COLLATE \"C\" FOR UPDATE",
+    )
+    .bind(&keys.binding)
+    .bind(&keys.account)
+    .bind(&keys.reference)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
 /// Stores the references of `Accepted` completions per [`rules::claim_ref`] and settles the
 /// pushes that adopted receipts which overtook their completion. `true` when one of them fell
 /// back (it is due now).
@@ -249,17 +269,7 @@ async fn record_refs(
                 }
             }
         }
-        let rows = sqlx::query(
-            "SELECT binding, account, reference, push_id, hold_until FROM push_refs \
-             WHERE (binding, account, reference) IN \
-                 (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])) \
-             ORDER BY binding COLLATE \"C\", account COLLATE \"C\", reference COLLATE \"C\" FOR UPDATE",
-        )
-        .bind(&rest.binding)
-        .bind(&rest.account)
-        .bind(&rest.reference)
-        .fetch_all(&mut **tx)
-        .await?;
+        let rows = lock_refs(tx, &rest).await?;
         let mut held = std::collections::HashMap::new();
         for r in rows {
             let key: (String, String, String) = (
@@ -501,18 +511,7 @@ async fn receipt_run(
         keys.add(r.binding, &r.reference, "", now_ms);
     }
     let mut rows = rules::ReceiptRows::default();
-    for r in sqlx::query(
-        "SELECT binding, account, reference, push_id FROM push_refs \
-         WHERE (binding, account, reference) IN \
-             (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])) \
-         ORDER BY binding COLLATE \"C\", account COLLATE \"C\", reference COLLATE \"C\" FOR UPDATE",
-    )
-    .bind(&keys.binding)
-    .bind(&keys.account)
-    .bind(&keys.reference)
-    .fetch_all(&mut **tx)
-    .await?
-    {
+    for r in lock_refs(tx, &keys).await? {
         let Some(binding) = BindingKind::parse(r.try_get("binding")?) else {
             continue;
         };
