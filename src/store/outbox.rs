@@ -108,6 +108,58 @@ impl AttemptRecord {
     }
 }
 
+impl AttemptResult {
+    /// The outbox row's status after the attempt.
+    pub fn status(&self) -> &'static str {
+        match self {
+            AttemptResult::Delivered => "done",
+            AttemptResult::Retry { .. } => "pending",
+            AttemptResult::GiveUp => "given_up",
+        }
+    }
+
+    /// When the row is next due (a retry only).
+    pub fn next_at_ms(&self) -> Option<i64> {
+        match self {
+            AttemptResult::Retry { at_ms } => Some(*at_ms),
+            _ => None,
+        }
+    }
+}
+
+impl AttemptRecord {
+    /// The row's `last_error` after the attempt (cleared on success).
+    pub fn last_error(&self) -> &str {
+        match self.result {
+            AttemptResult::Delivered => "",
+            _ => &self.detail,
+        }
+    }
+}
+
+/// A batch of attempt records cut into runs of distinct event ids, in order. The stores write a
+/// run with one statement per kind of write (the outbox rows, the later events of retried pushes,
+/// the timeline rows) instead of three per record; a set-based `UPDATE` applies a row once, so an
+/// event recorded twice in one batch (a record of an expired lease, then the new holder's) goes
+/// in a later run, with the same outcome as one-by-one application.
+pub fn distinct_runs(recs: &[AttemptRecord]) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    let mut seen = std::collections::HashSet::new();
+    for (i, rec) in recs.iter().enumerate() {
+        if !seen.insert(rec.event.id.as_str()) {
+            runs.push(start..i);
+            start = i;
+            seen.clear();
+            seen.insert(rec.event.id.as_str());
+        }
+    }
+    if start < recs.len() {
+        runs.push(start..recs.len());
+    }
+    runs
+}
+
 /// After a failed attempt at `now_ms`: retry with backoff, or give up when the event is older than
 /// `max_age`. `unit` is a uniform random number in `[0, 1)` (the jitter), so this stays pure.
 pub fn after_failure(
@@ -295,5 +347,23 @@ mod tests {
             rec.timeline_detail(),
             "webhook push.delivered msg_p_1 attempt 2: HTTP 503; retry in 3.5 s"
         );
+    }
+
+    #[test]
+    fn distinct_runs_split_at_a_repeated_event() {
+        let rec = |id: &str| AttemptRecord {
+            event: OutboxEvent {
+                id: id.into(),
+                ..event(0, 0)
+            },
+            owner: "o".into(),
+            at_ms: 0,
+            result: AttemptResult::Delivered,
+            detail: String::new(),
+        };
+        let recs: Vec<_> = ["a", "b", "a", "c", "c", "d"].iter().map(|i| rec(i)).collect();
+        assert_eq!(distinct_runs(&recs), vec![0..2, 2..4, 4..6]);
+        assert_eq!(distinct_runs(&recs[..2]), vec![0..2]);
+        assert!(distinct_runs(&[]).is_empty());
     }
 }

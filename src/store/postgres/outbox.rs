@@ -8,7 +8,7 @@ use sqlx::{Row, postgres::PgRow};
 use super::{PgStore, i32_of, u32_of};
 use crate::store::{
     PushRecord, StoreError,
-    outbox::{AttemptRecord, AttemptResult, ClaimRequest, Outbox, OutboxEvent, claim_window},
+    outbox::{AttemptRecord, ClaimRequest, Outbox, OutboxEvent, claim_window, distinct_runs},
     parse_state,
 };
 
@@ -26,62 +26,103 @@ fn event_of(r: &PgRow) -> Result<OutboxEvent, StoreError> {
     })
 }
 
-/// One attempt's record inside the caller's transaction; `false` when the lease was lost.
-async fn record_in(conn: &mut sqlx::PgConnection, rec: &AttemptRecord) -> Result<bool, StoreError> {
-    let (status, next) = match rec.result {
-        AttemptResult::Delivered => ("done", None),
-        AttemptResult::Retry { at_ms } => ("pending", Some(at_ms)),
-        AttemptResult::GiveUp => ("given_up", None),
-    };
-    let r = sqlx::query(
-        "UPDATE webhook_outbox SET status = $1, \
-             next_attempt_at = COALESCE($2, next_attempt_at), attempts = attempts + 1, \
-             last_error = $3, lease_owner = NULL, lease_until = NULL \
-         WHERE id = $4 AND status = 'pending' AND lease_owner = $5",
+/// One run of attempt records with distinct event ids ([`distinct_runs`]), inside the caller's
+/// transaction: three statements whatever the run's length instead of three round trips per
+/// record. "Pending" is written `NOT IN ('done', 'given_up')` (the same rows: the statuses are
+/// these three) so that it cannot match the partial due index: with the statistics of an outbox
+/// that grew faster than autovacuum analyses it, the planner took that index for a handful of
+/// rows and AND-ed it with the primary key, reading all 100,000 pending entries per batch
+/// (20–67 ms per batch; docs/perf/webhooks.md). Rows are written in push id order (see [`record_order`]). `recorded[i]` is `false`
+/// when record `i`'s lease was lost.
+async fn record_run(
+    conn: &mut sqlx::PgConnection,
+    recs: &[AttemptRecord],
+    recorded: &mut [bool],
+) -> Result<(), StoreError> {
+    let order = record_order(recs);
+    let in_order = || order.iter().filter_map(|&i| recs.get(i));
+    let ids: Vec<&str> = in_order().map(|r| r.event.id.as_str()).collect();
+    let owners: Vec<&str> = in_order().map(|r| r.owner.as_str()).collect();
+    let statuses: Vec<&str> = in_order().map(|r| r.result.status()).collect();
+    let nexts: Vec<Option<i64>> = in_order().map(|r| r.result.next_at_ms()).collect();
+    let errors: Vec<&str> = in_order().map(AttemptRecord::last_error).collect();
+    let updated: Vec<String> = sqlx::query_scalar(
+        "UPDATE webhook_outbox AS o \
+            SET status = v.status, next_attempt_at = COALESCE(v.next, o.next_attempt_at), \
+                attempts = o.attempts + 1, last_error = v.err, lease_owner = NULL, \
+                lease_until = NULL \
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[]) \
+                AS v(id, owner, status, next, err) \
+          WHERE o.id = v.id AND o.status NOT IN ('done', 'given_up') \
+            AND o.lease_owner = v.owner \
+         RETURNING o.id",
     )
-    .bind(status)
-    .bind(next)
-    .bind(if status == "done" {
-        ""
-    } else {
-        rec.detail.as_str()
-    })
-    .bind(&rec.event.id)
-    .bind(&rec.owner)
-    .execute(&mut *conn)
+    .bind(&ids)
+    .bind(&owners)
+    .bind(&statuses)
+    .bind(&nexts)
+    .bind(&errors)
+    .fetch_all(&mut *conn)
     .await?;
-    if r.rows_affected() == 0 {
-        return Ok(false);
+    let updated: std::collections::HashSet<&str> = updated.iter().map(String::as_str).collect();
+    for (slot, rec) in recorded.iter_mut().zip(recs) {
+        *slot = updated.contains(rec.event.id.as_str());
     }
-    if let Some(at) = next {
-        // The push's later events wait for this one (per-push order): not due before it, so
-        // that they do not take places in the claim's window meanwhile (claim_webhooks).
+    let done = || in_order().filter(|r| updated.contains(r.event.id.as_str()));
+    // The push's later events wait for a retried one (per-push order): not due before it, so
+    // that they do not take places in the claim's window meanwhile (claim_webhooks).
+    let retried: Vec<(&str, i64, i64)> = done()
+        .filter_map(|r| {
+            r.result
+                .next_at_ms()
+                .map(|at| (r.event.push_id.as_str(), r.event.seq, at))
+        })
+        .collect();
+    if !retried.is_empty() {
+        let (push_ids, (seqs, ats)): (Vec<&str>, (Vec<i64>, Vec<i64>)) =
+            retried.into_iter().map(|(p, s, a)| (p, (s, a))).unzip();
         sqlx::query(
-            "UPDATE webhook_outbox SET next_attempt_at = $1 \
-             WHERE push_id = $2 AND seq > $3 AND status NOT IN ('done', 'given_up') \
-               AND next_attempt_at < $1",
+            "UPDATE webhook_outbox AS o SET next_attempt_at = v.at \
+               FROM (SELECT push_id, min(seq) AS seq, max(at) AS at \
+                       FROM unnest($1::text[], $2::int8[], $3::int8[]) AS u(push_id, seq, at) \
+                      GROUP BY push_id) AS v \
+              WHERE o.push_id = v.push_id AND o.seq > v.seq \
+                AND o.status NOT IN ('done', 'given_up') AND o.next_attempt_at < v.at",
         )
-        .bind(at)
-        .bind(&rec.event.push_id)
-        .bind(rec.event.seq)
+        .bind(&push_ids)
+        .bind(&seqs)
+        .bind(&ats)
         .execute(&mut *conn)
         .await?;
     }
+    let push_ids: Vec<&str> = done().map(|r| r.event.push_id.as_str()).collect();
+    if push_ids.is_empty() {
+        return Ok(());
+    }
+    let ats: Vec<i64> = done().map(|r| r.at_ms).collect();
+    let states: Vec<&str> = done().map(|r| r.event.state.as_str()).collect();
+    let attempts: Vec<i32> = done()
+        .map(|r| i32_of(r.event.attempts.saturating_add(1)))
+        .collect();
+    let details: Vec<String> = done().map(AttemptRecord::timeline_detail).collect();
     sqlx::query(
         "INSERT INTO push_events (push_id, at, state, binding, attempt, detail, kind) \
-         VALUES ($1, $2, $3, NULL, $4, $5, 'webhook')",
+         SELECT push_id, at, state, NULL, attempt, detail, 'webhook' \
+           FROM unnest($1::text[], $2::int8[], $3::text[], $4::int4[], $5::text[]) \
+                WITH ORDINALITY AS v(push_id, at, state, attempt, detail, n) \
+          ORDER BY n",
     )
-    .bind(&rec.event.push_id)
-    .bind(rec.at_ms)
-    .bind(rec.event.state.as_str())
-    .bind(i32_of(rec.event.attempts.saturating_add(1)))
-    .bind(rec.timeline_detail())
+    .bind(&push_ids)
+    .bind(&ats)
+    .bind(&states)
+    .bind(&attempts)
+    .bind(&details)
     .execute(&mut *conn)
     .await?;
-    Ok(true)
+    Ok(())
 }
 
-/// The order in which a batch of attempt records is written: by push, then by event (indexes
+/// The order in which a run of attempt records is written: by push, then by event (indexes
 /// into `recs`; the results stay in `recs`' order).
 fn record_order(recs: &[AttemptRecord]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..recs.len()).collect();
@@ -166,9 +207,11 @@ impl Outbox for PgStore {
         if ids.is_empty() {
             return Ok(());
         }
+        // "Pending" kept off the partial due index, as in record_run.
         sqlx::query(
             "UPDATE webhook_outbox SET lease_owner = NULL, lease_until = NULL \
-             WHERE lease_owner = $1 AND status = 'pending' AND id = ANY($2::text[])",
+             WHERE lease_owner = $1 AND status NOT IN ('done', 'given_up') \
+               AND id = ANY($2::text[])",
         )
         .bind(owner)
         .bind(ids)
@@ -186,12 +229,11 @@ impl Outbox for PgStore {
         // inserts outbox rows, their events go on the same timelines), and two transactions
         // taking locks on overlapping rows in different orders can deadlock (one `deadlock
         // detected` in the pg1-hooks run, docs/perf/webhooks.md).
-        let order = record_order(recs);
         let mut recorded = vec![false; recs.len()];
         let mut tx = self.pool.begin().await?;
-        for i in order {
-            if let (Some(rec), Some(slot)) = (recs.get(i), recorded.get_mut(i)) {
-                *slot = record_in(&mut tx, rec).await?;
+        for run in distinct_runs(recs) {
+            if let (Some(run_recs), Some(slots)) = (recs.get(run.clone()), recorded.get_mut(run)) {
+                record_run(&mut tx, run_recs, slots).await?;
             }
         }
         tx.commit().await?;
@@ -263,7 +305,7 @@ impl Outbox for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{PushState, outbox::OutboxEvent};
+    use crate::store::{PushState, outbox::{AttemptResult, OutboxEvent}};
 
     fn rec(push_id: &str, seq: i64) -> AttemptRecord {
         AttemptRecord {

@@ -88,12 +88,16 @@ pub(super) async fn purge(
         if left == 0 {
             break;
         }
+        // A push with a pending webhook stays until it is sent or given up. "Pending" is written
+        // NOT IN ('done', 'given_up') so that the per-push lookup uses the push index, not the
+        // partial due index (outbox.rs record_run).
         let n: i64 = sqlx::query_scalar(
             "WITH p AS ( \
                  DELETE FROM pushes WHERE id IN ( \
                      SELECT id FROM pushes WHERE state = $1 AND updated_at < $2 \
                      AND NOT EXISTS (SELECT 1 FROM webhook_outbox w \
-                                     WHERE w.push_id = pushes.id AND w.status = 'pending') \
+                                     WHERE w.push_id = pushes.id \
+                                       AND w.status NOT IN ('done', 'given_up')) \
                      LIMIT $3 FOR UPDATE SKIP LOCKED) \
                  RETURNING id), \
              e AS (DELETE FROM push_events WHERE push_id IN (SELECT id FROM p)), \

@@ -7,7 +7,7 @@ use sqlx::{Row, sqlite::SqliteRow};
 use super::SqliteStore;
 use crate::store::{
     PushRecord, StoreError,
-    outbox::{AttemptRecord, AttemptResult, ClaimRequest, Outbox, OutboxEvent, claim_window},
+    outbox::{AttemptRecord, ClaimRequest, Outbox, OutboxEvent, claim_window, distinct_runs},
     parse_state, to_json,
 };
 
@@ -28,60 +28,92 @@ fn event_from_row(r: &SqliteRow) -> Result<OutboxEvent, StoreError> {
     })
 }
 
-/// One attempt's record inside the caller's transaction; `false` when the lease was lost.
-async fn record_in(
+/// One run of attempt records with distinct event ids ([`distinct_runs`]), inside the caller's
+/// transaction: three statements whatever the run's length (each statement through sqlx costs the
+/// single writer more than the rows it writes, docs/perf/webhooks.md). `recorded[i]` is `false`
+/// when record `i`'s lease was lost.
+async fn record_run(
     conn: &mut sqlx::SqliteConnection,
-    rec: &AttemptRecord,
-) -> Result<bool, StoreError> {
-    let (status, next) = match rec.result {
-        AttemptResult::Delivered => ("done", None),
-        AttemptResult::Retry { at_ms } => ("pending", Some(at_ms)),
-        AttemptResult::GiveUp => ("given_up", None),
-    };
-    let r = sqlx::query(
-        "UPDATE webhook_outbox SET status = ?1, next_attempt_at = COALESCE(?2, next_attempt_at),
-             attempts = attempts + 1, last_error = ?3, lease_owner = NULL, lease_until = NULL
-         WHERE id = ?4 AND status = 'pending' AND lease_owner = ?5",
+    recs: &[AttemptRecord],
+    recorded: &mut [bool],
+) -> Result<(), StoreError> {
+    let rows: Vec<_> = recs
+        .iter()
+        .map(|r| {
+            serde_json::json!([
+                r.event.id,
+                r.owner,
+                r.result.status(),
+                r.result.next_at_ms(),
+                r.last_error()
+            ])
+        })
+        .collect();
+    let updated: Vec<String> = sqlx::query_scalar(
+        "UPDATE webhook_outbox AS o
+            SET status = v.status, next_attempt_at = COALESCE(v.next, o.next_attempt_at),
+                attempts = o.attempts + 1, last_error = v.err, lease_owner = NULL,
+                lease_until = NULL
+           FROM (SELECT value ->> 0 AS id, value ->> 1 AS owner, value ->> 2 AS status,
+                        value ->> 3 AS next, value ->> 4 AS err
+                   FROM json_each(?1)) AS v
+          WHERE o.id = v.id AND o.status = 'pending' AND o.lease_owner = v.owner
+         RETURNING id",
     )
-    .bind(status)
-    .bind(next)
-    .bind(if status == "done" {
-        ""
-    } else {
-        rec.detail.as_str()
-    })
-    .bind(&rec.event.id)
-    .bind(&rec.owner)
-    .execute(&mut *conn)
+    .bind(to_json(&rows))
+    .fetch_all(&mut *conn)
     .await?;
-    if r.rows_affected() == 0 {
-        return Ok(false);
+    let updated: std::collections::HashSet<&str> = updated.iter().map(String::as_str).collect();
+    for (slot, rec) in recorded.iter_mut().zip(recs) {
+        *slot = updated.contains(rec.event.id.as_str());
     }
-    if let Some(at) = next {
-        // The push's later events wait for this one (per-push order): not due before it, so
-        // that they do not take places in the claim's window meanwhile (claim_webhooks).
+    let done = || recs.iter().zip(recorded.iter()).filter(|(_, ok)| **ok);
+    // The push's later events wait for a retried one (per-push order): not due before it, so
+    // that they do not take places in the claim's window meanwhile (claim_webhooks).
+    let retried: Vec<_> = done()
+        .filter_map(|(r, _)| {
+            r.result
+                .next_at_ms()
+                .map(|at| serde_json::json!([r.event.push_id, r.event.seq, at]))
+        })
+        .collect();
+    if !retried.is_empty() {
         sqlx::query(
-            "UPDATE webhook_outbox SET next_attempt_at = ?1
-             WHERE push_id = ?2 AND seq > ?3 AND status = 'pending' AND next_attempt_at < ?1",
+            "UPDATE webhook_outbox AS o SET next_attempt_at = v.at
+               FROM (SELECT value ->> 0 AS push_id, min(value ->> 1) AS seq,
+                            max(value ->> 2) AS at
+                       FROM json_each(?1) GROUP BY value ->> 0) AS v
+              WHERE o.push_id = v.push_id AND o.seq > v.seq AND o.status = 'pending'
+                AND o.next_attempt_at < v.at",
         )
-        .bind(at)
-        .bind(&rec.event.push_id)
-        .bind(rec.event.seq)
+        .bind(to_json(&retried))
         .execute(&mut *conn)
         .await?;
     }
-    sqlx::query(
-        "INSERT INTO push_events (push_id, at, state, binding, attempt, detail, kind)
-         VALUES (?1, ?2, ?3, NULL, ?4, ?5, 'webhook')",
-    )
-    .bind(&rec.event.push_id)
-    .bind(rec.at_ms)
-    .bind(rec.event.state.as_str())
-    .bind(i64::from(rec.event.attempts) + 1)
-    .bind(rec.timeline_detail())
-    .execute(&mut *conn)
-    .await?;
-    Ok(true)
+    // The timeline rows, in the records' order.
+    let timeline: Vec<_> = done()
+        .map(|(r, _)| {
+            serde_json::json!([
+                r.event.push_id,
+                r.at_ms,
+                r.event.state.as_str(),
+                i64::from(r.event.attempts) + 1,
+                r.timeline_detail()
+            ])
+        })
+        .collect();
+    if !timeline.is_empty() {
+        sqlx::query(
+            "INSERT INTO push_events (push_id, at, state, binding, attempt, detail, kind)
+             SELECT value ->> 0, value ->> 1, value ->> 2, NULL, value ->> 3, value ->> 4,
+                    'webhook'
+               FROM json_each(?1) ORDER BY key",
+        )
+        .bind(to_json(&timeline))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -158,10 +190,12 @@ impl Outbox for SqliteStore {
         &self,
         recs: &[AttemptRecord],
     ) -> Result<Vec<bool>, StoreError> {
+        let mut recorded = vec![false; recs.len()];
         let mut tx = self.write.begin().await?;
-        let mut recorded = Vec::with_capacity(recs.len());
-        for rec in recs {
-            recorded.push(record_in(&mut tx, rec).await?);
+        for run in distinct_runs(recs) {
+            if let (Some(run_recs), Some(slots)) = (recs.get(run.clone()), recorded.get_mut(run)) {
+                record_run(&mut tx, run_recs, slots).await?;
+            }
         }
         tx.commit().await?;
         Ok(recorded)
