@@ -142,6 +142,54 @@ pub struct Claimed {
     pub taken_over_from: Option<String>,
 }
 
+/// A push as it was right after one of its events: `GET /v1/pushes/{id}` at that moment (the
+/// timeline up to `seq`, with that row's state and time). What a webhook reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AsOf<'a> {
+    pub tenant: &'a str,
+    pub push_id: &'a str,
+    /// `i64::MAX`: as of now.
+    pub seq: i64,
+}
+
+/// Each key's push from the rows a store read for a whole batch: `pushes` the current rows (any
+/// order), `events` the rows `(push_id, seq, event)` of those pushes, in `seq` order per push.
+/// `None` where the push is gone or belongs to another tenant. Two reads per batch rather than
+/// two per push (the webhook sender's payloads: `Outbox::pushes_as_of`).
+pub fn assemble_as_of(
+    keys: &[AsOf<'_>],
+    pushes: Vec<PushRecord>,
+    events: Vec<(String, i64, PushEvent)>,
+) -> Vec<Option<PushRecord>> {
+    let pushes: std::collections::HashMap<&str, &PushRecord> =
+        pushes.iter().map(|p| (p.id.as_str(), p)).collect();
+    let mut timelines: std::collections::HashMap<&str, Vec<(i64, &PushEvent)>> =
+        std::collections::HashMap::new();
+    for (push_id, seq, event) in &events {
+        timelines
+            .entry(push_id.as_str())
+            .or_default()
+            .push((*seq, event));
+    }
+    keys.iter()
+        .map(|k| {
+            let push = pushes.get(k.push_id).filter(|p| p.tenant == k.tenant)?;
+            let mut rec = (*push).clone();
+            for (seq, event) in timelines.get(k.push_id).into_iter().flatten() {
+                if *seq > k.seq {
+                    break;
+                }
+                if *seq == k.seq {
+                    rec.state = event.state;
+                    rec.updated_at_ms = event.at_ms;
+                }
+                rec.events.push((*event).clone());
+            }
+            Some(rec)
+        })
+        .collect()
+}
+
 /// The detail of the `sending` event a takeover writes on the push (both stores write exactly
 /// this text; PostgreSQL builds it in SQL with `format()`, and the conformance suite compares).
 pub fn takeover_detail(previous_owner: &str, previous_attempt: u32, owner: &str) -> String {
@@ -593,6 +641,84 @@ pub fn from_json<T: for<'de> Deserialize<'de>>(s: &str, what: &str) -> Result<T,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn assemble_as_of_cuts_each_timeline_at_its_event() {
+        let push = |id: &str, tenant: &str| PushRecord {
+            id: id.into(),
+            tenant: tenant.into(),
+            device_id: None,
+            state: PushState::Delivered,
+            binding_choice: None,
+            last_binding: None,
+            attempts: 1,
+            priority: 0,
+            content_type: crate::domain::ContentType::Notification,
+            created_at_ms: 1,
+            updated_at_ms: 30,
+            not_before_ms: 0,
+            expires_at_ms: 100,
+            collapse_key: None,
+            idempotency_key: None,
+            events: Vec::new(),
+        };
+        let ev = |at_ms, state| PushEvent {
+            at_ms,
+            state,
+            binding: None,
+            attempt: 0,
+            detail: String::new(),
+        };
+        let events = vec![
+            ("a".to_owned(), 1, ev(10, PushState::Queued)),
+            ("a".to_owned(), 4, ev(20, PushState::Sending)),
+            ("a".to_owned(), 6, ev(30, PushState::Delivered)),
+            ("b".to_owned(), 2, ev(11, PushState::Queued)),
+        ];
+        let keys = [
+            AsOf {
+                tenant: "t",
+                push_id: "a",
+                seq: 4,
+            },
+            AsOf {
+                tenant: "t",
+                push_id: "b",
+                seq: i64::MAX,
+            },
+            AsOf {
+                tenant: "other",
+                push_id: "a",
+                seq: 6,
+            },
+            AsOf {
+                tenant: "t",
+                push_id: "gone",
+                seq: 1,
+            },
+            AsOf {
+                tenant: "t",
+                push_id: "a",
+                seq: 6,
+            },
+        ];
+        let got = assemble_as_of(&keys, vec![push("b", "t"), push("a", "t")], events);
+        let a4 = got[0].as_ref().expect("a as of 4");
+        assert_eq!(
+            (a4.state, a4.updated_at_ms, a4.events.len()),
+            (PushState::Sending, 20, 2)
+        );
+        let b = got[1].as_ref().expect("b now");
+        // As of now: the row's own state and time, the whole timeline.
+        assert_eq!(
+            (b.state, b.updated_at_ms, b.events.len()),
+            (PushState::Delivered, 30, 1)
+        );
+        assert!(got[2].is_none(), "another tenant's push");
+        assert!(got[3].is_none(), "a purged push");
+        let a6 = got[4].as_ref().expect("a as of 6");
+        assert_eq!((a6.state, a6.events.len()), (PushState::Delivered, 3));
+    }
 
     #[test]
     fn connection_and_pool_errors_are_transient() {

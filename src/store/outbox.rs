@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use super::{PushRecord, PushState, StoreError};
+use super::{AsOf, PushRecord, PushState, StoreError};
 use crate::queue::backoff;
 
 /// The push states that send a webhook: `accepted` and every final state. The migrations'
@@ -270,14 +270,25 @@ pub trait Outbox: Send + Sync {
         now_ms: i64,
     ) -> Result<Option<u64>, StoreError>;
 
-    /// The push as `GET /v1/pushes/{id}` showed it right after event `seq`: the timeline up to
-    /// that row, the state and `updated_at` of that row.
+    /// Pushes as `GET /v1/pushes/{id}` showed them right after the given events (the timeline up
+    /// to that row, the state and `updated_at` of that row), one answer per key in order, `None`
+    /// where the push is gone: the payloads of a claim's webhooks, in two reads.
+    async fn pushes_as_of(&self, keys: &[AsOf<'_>]) -> Result<Vec<Option<PushRecord>>, StoreError>;
+
+    /// One push as of event `seq` ([`Outbox::pushes_as_of`] of one key).
     async fn push_as_of(
         &self,
         tenant: &str,
         push_id: &str,
         seq: i64,
-    ) -> Result<Option<PushRecord>, StoreError>;
+    ) -> Result<Option<PushRecord>, StoreError> {
+        let key = AsOf {
+            tenant,
+            push_id,
+            seq,
+        };
+        Ok(self.pushes_as_of(&[key]).await?.pop().flatten())
+    }
 
     /// Pending events (the `dmpushd_webhook_outbox_depth` gauge).
     async fn outbox_depth(&self) -> Result<u64, StoreError>;
@@ -361,7 +372,10 @@ mod tests {
             result: AttemptResult::Delivered,
             detail: String::new(),
         };
-        let recs: Vec<_> = ["a", "b", "a", "c", "c", "d"].iter().map(|i| rec(i)).collect();
+        let recs: Vec<_> = ["a", "b", "a", "c", "c", "d"]
+            .iter()
+            .map(|i| rec(i))
+            .collect();
         assert_eq!(distinct_runs(&recs), vec![0..2, 2..4, 4..6]);
         assert_eq!(distinct_runs(&recs[..2]), vec![0..2]);
         assert!(distinct_runs(&[]).is_empty());

@@ -31,9 +31,10 @@ use sqlx::{
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{
-    CancelResult, Claimed, Completion, Device, DeviceCache, Enqueued, NewPush, PushEvent,
+    AsOf, CancelResult, Claimed, Completion, Device, DeviceCache, Enqueued, NewPush, PushEvent,
     PushFilter, PushRecord, PushState, ReceiptEffect, Signature, Store, StoreError, StoreOptions,
-    final_states, from_json, parse_binding, parse_bootstrap, parse_content_type, parse_state,
+    assemble_as_of, final_states, from_json, parse_binding, parse_bootstrap, parse_content_type,
+    parse_state,
     rules::{
         self, CollapseScope, FirstByKey, HeldRef, PushView, RefClaim, RefRow, RefStatus,
         is_same_request,
@@ -93,30 +94,30 @@ impl SqliteStore {
     /// A push with its timeline up to event `up_to` (`i64::MAX`: all of it), as
     /// `GET /v1/pushes/{id}` shows it; with a real `up_to`, the state and time are that event's
     /// (a webhook's payload "as of" its event).
-    async fn push_with_events(
-        &self,
-        tenant: &str,
-        id: &str,
-        up_to: i64,
-    ) -> Result<Option<PushRecord>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {PUSH_COLUMNS} FROM pushes WHERE tenant = ? AND id = ?"
+    /// Pushes as of events ([`AsOf`]): two reads for the whole batch.
+    async fn read_as_of(&self, keys: &[AsOf<'_>]) -> Result<Vec<Option<PushRecord>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = to_json(&keys.iter().map(|k| k.push_id).collect::<Vec<_>>());
+        let pushes = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {PUSH_COLUMNS} FROM pushes WHERE id IN (SELECT value FROM json_each(?))"
         )))
-        .bind(tenant)
-        .bind(id)
-        .fetch_optional(&self.read)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let mut push = push_from_row(&row)?;
-        let events = sqlx::query(
-            "SELECT seq, at, state, binding, attempt, detail FROM push_events
-              WHERE push_id = ? AND seq <= ? ORDER BY seq",
-        )
-        .bind(id)
-        .bind(up_to)
+        .bind(&ids)
         .fetch_all(&self.read)
-        .await?;
-        for e in events {
+        .await?
+        .iter()
+        .map(push_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let mut events = Vec::new();
+        for e in sqlx::query(
+            "SELECT push_id, seq, at, state, binding, attempt, detail FROM push_events
+              WHERE push_id IN (SELECT value FROM json_each(?)) ORDER BY push_id, seq",
+        )
+        .bind(&ids)
+        .fetch_all(&self.read)
+        .await?
+        {
             let event = PushEvent {
                 at_ms: e.try_get("at")?,
                 state: parse_state(&e.try_get::<String, _>("state")?)?,
@@ -124,13 +125,9 @@ impl SqliteStore {
                 attempt: u32::try_from(e.try_get::<i64, _>("attempt")?).unwrap_or(0),
                 detail: e.try_get("detail")?,
             };
-            if e.try_get::<i64, _>("seq")? == up_to {
-                push.state = event.state;
-                push.updated_at_ms = event.at_ms;
-            }
-            push.events.push(event);
+            events.push((e.try_get("push_id")?, e.try_get("seq")?, event));
         }
-        Ok(Some(push))
+        Ok(assemble_as_of(keys, pushes, events))
     }
 
     pub async fn open(opts: &StoreOptions) -> Result<Self, StoreError> {
@@ -789,7 +786,12 @@ impl Store for SqliteStore {
     }
 
     async fn get_push(&self, tenant: &str, id: &str) -> Result<Option<PushRecord>, StoreError> {
-        self.push_with_events(tenant, id, i64::MAX).await
+        let key = AsOf {
+            tenant,
+            push_id: id,
+            seq: i64::MAX,
+        };
+        Ok(self.read_as_of(&[key]).await?.pop().flatten())
     }
 
     async fn list_pushes(

@@ -29,7 +29,7 @@ use crate::{
     api::pushes::PushView,
     net::targets::{CheckedResolver, TargetRefused},
     store::{
-        Store, StoreError,
+        AsOf, Store, StoreError,
         outbox::{self, AttemptRecord, AttemptResult, ClaimRequest, OutboxEvent},
     },
 };
@@ -120,7 +120,7 @@ pub struct Sender {
     /// beyond [`PER_TARGET`] per target), oldest first, with their claim time. Claiming ahead
     /// takes the claim's round trip out of each request's cycle: with one target, a claim per
     /// finished request held the rate at ≈ 400 webhooks/s (docs/perf/webhooks.md).
-    waiting: HashMap<String, VecDeque<(OutboxEvent, Instant)>>,
+    waiting: HashMap<String, VecDeque<(Held, Instant)>>,
 }
 
 impl Sender {
@@ -231,7 +231,7 @@ impl Sender {
         let ids: Vec<String> = self
             .waiting
             .drain()
-            .flat_map(|(_, q)| q.into_iter().map(|(e, _)| e.id))
+            .flat_map(|(_, q)| q.into_iter().map(|(h, _)| h.event.id))
             .collect();
         if let Some(outbox) = self.shared.store.outbox()
             && let Err(e) = outbox.release_webhooks(&self.shared.owner, &ids).await
@@ -265,12 +265,14 @@ impl Sender {
     /// as before.
     fn worth_claiming(&self) -> bool {
         let busy = lock(&self.shared.busy);
-        let mut held: HashMap<&str, usize> =
-            busy.iter().map(|(t, n)| (t.as_str(), *n)).collect();
+        let mut held: HashMap<&str, usize> = busy.iter().map(|(t, n)| (t.as_str(), *n)).collect();
         for (t, q) in &self.waiting {
             *held.entry(t.as_str()).or_insert(0) += q.len();
         }
-        held.is_empty() || held.values().any(|n| *n <= (PER_TARGET + AHEAD_PER_TARGET) / 2)
+        held.is_empty()
+            || held
+                .values()
+                .any(|n| *n <= (PER_TARGET + AHEAD_PER_TARGET) / 2)
     }
 
     /// Events held: in flight and waiting.
@@ -289,8 +291,8 @@ impl Sender {
                 let count = busy.entry(target.clone()).or_insert(0);
                 while let Some((_, at)) = queue.front() {
                     if at.elapsed() > self.hold {
-                        if let Some((e, _)) = queue.pop_front() {
-                            stale.push(e.id);
+                        if let Some((h, _)) = queue.pop_front() {
+                            stale.push(h.event.id);
                         }
                         continue;
                     }
@@ -312,11 +314,11 @@ impl Sender {
         {
             tracing::warn!(message = "Webhook lease release failed.", error = %e);
         }
-        for event in start {
+        for held in start {
             let sh = self.shared.clone();
             tasks.spawn(async move {
-                let target = event.target.clone();
-                sh.deliver(event).await;
+                let target = held.event.target.clone();
+                sh.deliver(held).await;
                 let mut busy = lock(&sh.busy);
                 if let Some(c) = busy.get_mut(&target) {
                     *c = c.saturating_sub(1);
@@ -367,12 +369,33 @@ impl Sender {
             }
         };
         let more = u32::try_from(events.len()).unwrap_or(u32::MAX) >= limit;
+        // The payloads of the whole claim in two reads, rather than two per attempt. If that
+        // read fails, each attempt reads its own.
+        let keys: Vec<AsOf<'_>> = events
+            .iter()
+            .map(|e| AsOf {
+                tenant: &e.tenant,
+                push_id: &e.push_id,
+                seq: e.seq,
+            })
+            .collect();
+        let payloads = match outbox.pushes_as_of(&keys).await {
+            Ok(p) if p.len() == events.len() => p.into_iter().map(Payload::Read).collect(),
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(message = "Webhook payloads not read with their claim.", error = %e);
+                Vec::new()
+            }
+        };
+        drop(keys);
+        let mut payloads = payloads.into_iter();
         // Oldest first (the store's order): they queue per target behind those already waiting.
         for event in events {
+            let payload = payloads.next().unwrap_or(Payload::Unread);
             self.waiting
                 .entry(event.target.clone())
                 .or_default()
-                .push_back((event, claimed_at));
+                .push_back((Held { event, payload }, claimed_at));
         }
         self.start_waiting(tasks).await;
         more
@@ -459,9 +482,10 @@ fn describe_error(e: reqwest::Error) -> String {
 }
 
 impl Shared {
-    async fn deliver(&self, event: OutboxEvent) {
+    async fn deliver(&self, held: Held) {
+        let Held { event, payload } = held;
         let start = Instant::now();
-        let attempt = self.attempt(&event).await;
+        let attempt = self.attempt(&event, payload).await;
         self.metrics.attempt.observe(start.elapsed().as_secs_f64());
         let now = crate::domain::now_ms();
         let (result, detail) = match attempt {
@@ -504,7 +528,7 @@ impl Shared {
     }
 
     /// One POST: the status code, or why there was none.
-    async fn attempt(&self, event: &OutboxEvent) -> Result<u16, Failure> {
+    async fn attempt(&self, event: &OutboxEvent, payload: Payload) -> Result<u16, Failure> {
         let Some(outbox) = self.store.outbox() else {
             return Err(Failure::Permanent("no outbox".into()));
         };
@@ -513,11 +537,14 @@ impl Shared {
                 "the tenant has no webhook_secret (configuration)".into(),
             ));
         };
-        let Some(push) = outbox
-            .push_as_of(&event.tenant, &event.push_id, event.seq)
-            .await
-            .map_err(Failure::Store)?
-        else {
+        let push = match payload {
+            Payload::Read(push) => push,
+            Payload::Unread => outbox
+                .push_as_of(&event.tenant, &event.push_id, event.seq)
+                .await
+                .map_err(Failure::Store)?,
+        };
+        let Some(push) = push else {
             return Err(Failure::Permanent("the push is no longer stored".into()));
         };
         let url = match url::Url::parse(&event.target) {
@@ -545,6 +572,20 @@ impl Shared {
             .map_err(|e| Failure::Retry(describe_error(e)))?;
         Ok(resp.status().as_u16())
     }
+}
+
+/// A claimed event and its payload.
+struct Held {
+    event: OutboxEvent,
+    payload: Payload,
+}
+
+/// The push a webhook reports ([`crate::store::outbox::Outbox::pushes_as_of`]): read with the
+/// claim, or not (that read failed; the attempt reads it).
+enum Payload {
+    /// `None`: the push is no longer stored.
+    Read(Option<crate::store::PushRecord>),
+    Unread,
 }
 
 enum Failure {

@@ -31,9 +31,10 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::DropGuard;
 
 use super::{
-    CancelResult, Claimed, Completion, Device, DeviceCache, Enqueued, NewPush, PushEvent,
-    PushFilter, PushRecord, PushState, ReceiptEffect, Store, StoreError, StoreOptions, from_json,
-    parse_binding, parse_content_type, parse_state, rules::EventRow, to_json,
+    AsOf, CancelResult, Claimed, Completion, Device, DeviceCache, Enqueued, NewPush, PushEvent,
+    PushFilter, PushRecord, PushState, ReceiptEffect, Store, StoreError, StoreOptions,
+    assemble_as_of, from_json, parse_binding, parse_content_type, parse_state, rules::EventRow,
+    to_json,
 };
 use crate::domain::{BindingKind, Receipt};
 
@@ -79,32 +80,30 @@ impl PgStore {
     /// A push with its timeline up to event `up_to` (`i64::MAX`: all of it), as
     /// `GET /v1/pushes/{id}` shows it; with a real `up_to`, the state and time are that event's
     /// (a webhook's payload "as of" its event).
-    async fn push_with_events(
-        &self,
-        tenant: &str,
-        id: &str,
-        up_to: i64,
-    ) -> Result<Option<PushRecord>, StoreError> {
-        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {RECORD_COLS} FROM pushes WHERE tenant = $1 AND id = $2"
+    /// Pushes as of events ([`AsOf`]): two reads for the whole batch.
+    async fn read_as_of(&self, keys: &[AsOf<'_>]) -> Result<Vec<Option<PushRecord>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = keys.iter().map(|k| k.push_id).collect();
+        let pushes = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RECORD_COLS} FROM pushes WHERE id = ANY($1)"
         )))
-        .bind(tenant)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let mut rec = record_of(&row)?;
-        let events = sqlx::query(
-            "SELECT seq, at, state, binding, attempt, detail FROM push_events \
-             WHERE push_id = $1 AND seq <= $2 ORDER BY seq",
-        )
-        .bind(id)
-        .bind(up_to)
+        .bind(&ids)
         .fetch_all(&self.pool)
-        .await?;
-        for e in events {
+        .await?
+        .iter()
+        .map(record_of)
+        .collect::<Result<Vec<_>, _>>()?;
+        let mut events = Vec::new();
+        for e in sqlx::query(
+            "SELECT push_id, seq, at, state, binding, attempt, detail FROM push_events \
+             WHERE push_id = ANY($1) ORDER BY push_id, seq",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?
+        {
             let event = PushEvent {
                 at_ms: e.try_get("at")?,
                 state: parse_state(e.try_get("state")?)?,
@@ -112,13 +111,9 @@ impl PgStore {
                 attempt: u32_of(e.try_get("attempt")?, "event attempt")?,
                 detail: e.try_get("detail")?,
             };
-            if e.try_get::<i64, _>("seq")? == up_to {
-                rec.state = event.state;
-                rec.updated_at_ms = event.at_ms;
-            }
-            rec.events.push(event);
+            events.push((e.try_get("push_id")?, e.try_get("seq")?, event));
         }
-        Ok(Some(rec))
+        Ok(assemble_as_of(keys, pushes, events))
     }
 
     /// The connection pool (for tests and tools).
@@ -342,7 +337,12 @@ impl Store for PgStore {
     }
 
     async fn get_push(&self, tenant: &str, id: &str) -> Result<Option<PushRecord>, StoreError> {
-        self.push_with_events(tenant, id, i64::MAX).await
+        let key = AsOf {
+            tenant,
+            push_id: id,
+            seq: i64::MAX,
+        };
+        Ok(self.read_as_of(&[key]).await?.pop().flatten())
     }
 
     async fn list_pushes(

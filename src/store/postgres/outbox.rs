@@ -7,7 +7,7 @@ use sqlx::{Row, postgres::PgRow};
 
 use super::{PgStore, i32_of, u32_of};
 use crate::store::{
-    PushRecord, StoreError,
+    AsOf, PushRecord, StoreError,
     outbox::{AttemptRecord, ClaimRequest, Outbox, OutboxEvent, claim_window, distinct_runs},
     parse_state,
 };
@@ -284,13 +284,8 @@ impl Outbox for PgStore {
         Ok(Some(n))
     }
 
-    async fn push_as_of(
-        &self,
-        tenant: &str,
-        push_id: &str,
-        seq: i64,
-    ) -> Result<Option<PushRecord>, StoreError> {
-        self.push_with_events(tenant, push_id, seq).await
+    async fn pushes_as_of(&self, keys: &[AsOf<'_>]) -> Result<Vec<Option<PushRecord>>, StoreError> {
+        self.read_as_of(keys).await
     }
 
     async fn outbox_depth(&self) -> Result<u64, StoreError> {
@@ -305,7 +300,10 @@ impl Outbox for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{PushState, outbox::{AttemptResult, OutboxEvent}};
+    use crate::store::{
+        PushState,
+        outbox::{AttemptResult, OutboxEvent},
+    };
 
     fn rec(push_id: &str, seq: i64) -> AttemptRecord {
         AttemptRecord {

@@ -6,7 +6,7 @@ use sqlx::{Row, sqlite::SqliteRow};
 
 use super::SqliteStore;
 use crate::store::{
-    PushRecord, StoreError,
+    AsOf, PushRecord, StoreError,
     outbox::{AttemptRecord, ClaimRequest, Outbox, OutboxEvent, claim_window, distinct_runs},
     parse_state, to_json,
 };
@@ -245,13 +245,8 @@ impl Outbox for SqliteStore {
         Ok(Some(n))
     }
 
-    async fn push_as_of(
-        &self,
-        tenant: &str,
-        push_id: &str,
-        seq: i64,
-    ) -> Result<Option<PushRecord>, StoreError> {
-        self.push_with_events(tenant, push_id, seq).await
+    async fn pushes_as_of(&self, keys: &[AsOf<'_>]) -> Result<Vec<Option<PushRecord>>, StoreError> {
+        self.read_as_of(keys).await
     }
 
     async fn outbox_depth(&self) -> Result<u64, StoreError> {
