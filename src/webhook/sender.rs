@@ -1,8 +1,9 @@
 //! The webhook sender: one task per replica that delivers the outbox (src/store/outbox.rs).
 //!
 //! Loop: claim due events (no more per target than [`PER_TARGET`] in flight plus
-//! [`AHEAD_PER_TARGET`] waiting), POST each in its own task as its target has a free slot,
-//! record the attempt. 2xx = done; anything else, a timeout or a connection error
+//! [`AHEAD_PER_TARGET`] waiting) with their payloads (one batch read per claim), POST each in its
+//! own task as its target has a free slot, record the attempt. A wake-up claims only when a claim
+//! is worth its cost (`Sender::worth_claiming`), otherwise the poll does. 2xx = done; anything else, a timeout or a connection error
 //! = retry with jittered exponential backoff ([`outbox::after_failure`]), given up after
 //! `max_age_seconds`. Attempts are recorded by one recorder task in batches, one transaction
 //! each: a transaction per attempt made the store's commit (an fsync on SQLite) the limit of the
