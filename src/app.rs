@@ -93,7 +93,8 @@ impl App {
             &settings.webhooks,
             owner.clone(),
             &metrics.registry,
-        )?;
+        )?
+        .yield_to(dispatcher.backlog());
         let state = ApiState {
             store: store.clone(),
             bindings,

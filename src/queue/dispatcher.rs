@@ -89,7 +89,26 @@ pub const DEFAULT_RECEIPT_GRACE: Duration = Duration::from_secs(600);
 /// transaction short, so accepts and completions never wait long behind a sweep.
 const SWEEP_BATCH: u32 = 1000;
 
+/// Whether deliveries are backlogged on this replica: the dispatcher's last claim took as many
+/// pushes as it had free workers for, so more are due than it can start. The webhook sender
+/// yields to it (`webhook::Sender::yield_to`): a burst of pushes is delivered first and reported
+/// right after, rather than both at a fraction of the speed (issue 11 acceptance 7).
+#[derive(Clone, Debug, Default)]
+pub struct Backlog(Arc<std::sync::atomic::AtomicBool>);
+
+impl Backlog {
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set(&self, backlogged: bool) {
+        self.0
+            .store(backlogged, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 pub struct Dispatcher {
+    backlog: Backlog,
     store: Arc<dyn Store>,
     bindings: Bindings,
     metrics: Metrics,
@@ -112,6 +131,7 @@ impl Dispatcher {
             counts: Mutex::default(),
         });
         Self {
+            backlog: Backlog::default(),
             store,
             bindings,
             metrics,
@@ -120,6 +140,11 @@ impl Dispatcher {
             targets,
             tenants,
         }
+    }
+
+    /// Whether deliveries are backlogged ([`Backlog`]), as this dispatcher finds it.
+    pub fn backlog(&self) -> Backlog {
+        self.backlog.clone()
     }
 
     /// Runs until `shutdown` and then drains; returns when every lease is completed or released.
@@ -216,6 +241,7 @@ impl Dispatcher {
                 .await
             {
                 Ok(c) => {
+                    self.backlog.set(c.len() >= permits.len());
                     self.metrics
                         .store_seconds
                         .with_label_values(&["claim"])

@@ -29,6 +29,7 @@ use super::{Targets, WebhooksConfig};
 use crate::{
     api::pushes::PushView,
     net::targets::{CheckedResolver, TargetRefused},
+    queue::dispatcher::Backlog,
     store::{
         AsOf, Store, StoreError,
         outbox::{self, AttemptRecord, AttemptResult, ClaimRequest, OutboxEvent},
@@ -122,6 +123,8 @@ pub struct Sender {
     /// takes the claim's round trip out of each request's cycle: with one target, a claim per
     /// finished request held the rate at ≈ 400 webhooks/s (docs/perf/webhooks.md).
     waiting: HashMap<String, VecDeque<(Held, Instant)>>,
+    /// While set, claims wait for the poll ([`Sender::yield_to`]).
+    backlog: Option<Backlog>,
 }
 
 impl Sender {
@@ -177,7 +180,18 @@ impl Sender {
             // rest of the lease: the timeout and 10 s).
             hold: Duration::from_secs(20),
             waiting: HashMap::new(),
+            backlog: None,
         })
+    }
+
+    /// Yields to deliveries: while `backlog` is set (the dispatcher has more due pushes than free
+    /// workers), claims only at the poll — at most [`CLAIM_BATCH`] events per [`POLL`], 320
+    /// webhooks/s per replica — instead of whenever a target has room. Webhooks then never stop,
+    /// and catch up at full speed once the dispatcher's claims come back short
+    /// (docs/decisions/webhooks.md "When the sender claims").
+    pub fn yield_to(mut self, backlog: Backlog) -> Self {
+        self.backlog = Some(backlog);
+        self
     }
 
     /// Delivers until `stop`, then waits for the requests in flight (their leases would
@@ -215,7 +229,7 @@ impl Sender {
             // done frees a slot, a recorded attempt may unblock its push's next event, the poll
             // finds new and newly due events). Claiming again at once would mostly look at the
             // same window again.
-            if more {
+            if more && !self.yielding() {
                 continue;
             }
             tokio::select! {
@@ -265,6 +279,9 @@ impl Sender {
     /// (issue 11 acceptance 7, docs/perf/webhooks.md). New targets' events are found by the poll,
     /// as before.
     fn worth_claiming(&self) -> bool {
+        if self.yielding() {
+            return false;
+        }
         let busy = lock(&self.shared.busy);
         let mut held: HashMap<&str, usize> = busy.iter().map(|(t, n)| (t.as_str(), *n)).collect();
         for (t, q) in &self.waiting {
@@ -274,6 +291,11 @@ impl Sender {
             || held
                 .values()
                 .any(|n| *n <= (PER_TARGET + AHEAD_PER_TARGET) / 2)
+    }
+
+    /// Whether deliveries are backlogged, so that claims wait for the poll ([`Sender::yield_to`]).
+    fn yielding(&self) -> bool {
+        self.backlog.as_ref().is_some_and(Backlog::is_set)
     }
 
     /// Events held: in flight and waiting.
