@@ -154,7 +154,14 @@ impl SqliteStore {
             .connect_with(
                 connect
                     .clone()
-                    .pragma("cache_size", format!("-{}", SQLITE_WRITER_CACHE_KIB)),
+                    .pragma("cache_size", format!("-{}", SQLITE_WRITER_CACHE_KIB))
+                    // An `INSERT … SELECT` that reads the table it writes materialises the
+                    // SELECT in a temporary table first; the outbox trigger does so for every
+                    // webhook event. In a temporary *file* that cost 64 µs per event, more than
+                    // the rest of the completion (docs/perf/webhooks.md); in memory it is gone.
+                    // Writer only: its temporary tables hold a handful of rows, while a
+                    // reader's sort can be large and may spill to disk.
+                    .pragma("temp_store", "memory"),
             )
             .await?;
         if opts.auto_migrate {
@@ -1510,5 +1517,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(reader, -2000, "SQLite's default");
+    }
+
+    /// The outbox trigger's `INSERT … SELECT` materialises into a temporary table: in memory on
+    /// the writer (2 = MEMORY), the readers keep the default (0 = the compile-time choice, a file).
+    #[tokio::test]
+    async fn only_the_writer_keeps_temporary_tables_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let writer: i64 = sqlx::query_scalar("PRAGMA temp_store")
+            .fetch_one(&s.write)
+            .await
+            .unwrap();
+        assert_eq!(writer, 2);
+        let reader: i64 = sqlx::query_scalar("PRAGMA temp_store")
+            .fetch_one(&s.read)
+            .await
+            .unwrap();
+        assert_eq!(reader, 0);
     }
 }
