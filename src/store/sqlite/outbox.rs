@@ -1,6 +1,7 @@
 //! The webhook outbox on SQLite ([`Outbox`]); rows are written by the `push_events_webhook`
-//! trigger (migrations/sqlite/0004_webhooks.sql). All writes go through the single writer
-//! connection, so leases need no row locks here: a claim is one `UPDATE … RETURNING`.
+//! trigger (migrations/sqlite/0004_webhooks.sql; its current form is 0007). All writes go
+//! through the single writer connection, so leases need no row locks here: a claim is one
+//! `UPDATE … RETURNING`.
 
 use sqlx::{Row, sqlite::SqliteRow};
 
