@@ -90,20 +90,39 @@ pub const DEFAULT_RECEIPT_GRACE: Duration = Duration::from_secs(600);
 const SWEEP_BATCH: u32 = 1000;
 
 /// Whether deliveries are backlogged on this replica: the dispatcher's last claim took as many
-/// pushes as it had free workers for, so more are due than it can start. The webhook sender
-/// yields to it (`webhook::Sender::yield_to`): a burst of pushes is delivered first and reported
-/// right after, rather than both at a fraction of the speed (issue 11 acceptance 7).
+/// pushes as it had free workers for, so more are due than it can start; or a claim deferred
+/// pushes whose tenant or target was busy, and they are not all back yet (they return within
+/// `DEFER_MS + DEFER_JITTER_MS`, a few per claim: the tail of a burst). The webhook sender yields
+/// to it (`webhook::Sender::yield_to`): a burst of pushes is delivered first and reported right
+/// after, rather than both at a fraction of the speed (issue 11 acceptance 7).
 #[derive(Clone, Debug, Default)]
-pub struct Backlog(Arc<std::sync::atomic::AtomicBool>);
+pub struct Backlog(Arc<BacklogState>);
+
+#[derive(Debug, Default)]
+struct BacklogState {
+    full: std::sync::atomic::AtomicBool,
+    /// Unix ms until which deferred pushes may still come back.
+    deferred_until_ms: std::sync::atomic::AtomicI64,
+}
 
 impl Backlog {
     pub fn is_set(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0.full.load(Relaxed) || now_ms() < self.0.deferred_until_ms.load(Relaxed)
     }
 
-    fn set(&self, backlogged: bool) {
+    /// After a claim: whether it took as many pushes as there were free workers.
+    fn claimed(&self, full: bool) {
         self.0
-            .store(backlogged, std::sync::atomic::Ordering::Relaxed);
+            .full
+            .store(full, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A claim deferred pushes, due again before `until_ms`.
+    fn deferred(&self, until_ms: i64) {
+        self.0
+            .deferred_until_ms
+            .fetch_max(until_ms, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -241,7 +260,7 @@ impl Dispatcher {
                 .await
             {
                 Ok(c) => {
-                    self.backlog.set(c.len() >= permits.len());
+                    self.backlog.claimed(c.len() >= permits.len());
                     self.metrics
                         .store_seconds
                         .with_label_values(&["claim"])
@@ -328,6 +347,8 @@ impl Dispatcher {
                     count = deferred.len()
                 );
                 let now = now_ms();
+                self.backlog
+                    .deferred(now + (DEFER_MS + DEFER_JITTER_MS) as i64);
                 for push in deferred {
                     let jitter = rand::random::<u64>() % DEFER_JITTER_MS;
                     let c = Completion {
@@ -1001,5 +1022,27 @@ impl TargetLimiter {
             }),
             Err(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backlog_is_a_full_claim_or_deferred_pushes_still_to_come_back() {
+        let b = Backlog::default();
+        assert!(!b.is_set());
+        b.claimed(true);
+        assert!(b.is_set());
+        b.claimed(false);
+        assert!(!b.is_set());
+        // Deferred pushes come back until the horizon; an earlier one does not shorten it.
+        b.deferred(now_ms() + 60_000);
+        b.deferred(now_ms() - 1);
+        assert!(b.is_set());
+        let past = Backlog::default();
+        past.deferred(now_ms() - 1);
+        assert!(!past.is_set());
     }
 }

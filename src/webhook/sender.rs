@@ -14,11 +14,14 @@
 use std::{
     collections::{HashMap, VecDeque},
     error::Error as _,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
 use tokio::{
     sync::{Notify, mpsc},
     task::JoinSet,
@@ -53,6 +56,9 @@ pub const MAX_IN_FLIGHT: usize = 128;
 const POLL: Duration = Duration::from_millis(200);
 /// Events claimed at most per round.
 const CLAIM_BATCH: u32 = 64;
+/// How long the sender yields to a delivery backlog at most while it is itself behind
+/// ([`Sender::yielding`]).
+const MAX_YIELD: Duration = Duration::from_secs(30);
 /// Attempt records written at most per transaction.
 const RECORD_BATCH: usize = 256;
 
@@ -61,6 +67,9 @@ struct SenderMetrics {
     deliveries: IntCounterVec,
     depth: IntGauge,
     attempt: Histogram,
+    /// The sender's own writes (claim, record): they share the store's write path with the
+    /// dispatcher, so their count and duration explain what webhooks cost deliveries.
+    store: HistogramVec,
 }
 
 impl SenderMetrics {
@@ -80,16 +89,31 @@ impl SenderMetrics {
             "dmpushd_webhook_attempt_seconds",
             "Duration of one webhook attempt",
         ))?;
+        let store = HistogramVec::new(
+            HistogramOpts::new(
+                "dmpushd_webhook_store_seconds",
+                "Duration of the webhook sender's store writes, by operation (claim, record)",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["op"],
+        )?;
         registry.register(Box::new(deliveries.clone()))?;
         registry.register(Box::new(depth.clone()))?;
         registry.register(Box::new(attempt.clone()))?;
+        registry.register(Box::new(store.clone()))?;
         for o in ["delivered", "retry", "given_up"] {
             deliveries.with_label_values(&[o]);
+        }
+        for op in ["claim", "record"] {
+            store.with_label_values(&[op]);
         }
         Ok(Self {
             deliveries,
             depth,
             attempt,
+            store,
         })
     }
 }
@@ -125,6 +149,10 @@ pub struct Sender {
     waiting: HashMap<String, VecDeque<(Held, Instant)>>,
     /// While set, claims wait for the poll ([`Sender::yield_to`]).
     backlog: Option<Backlog>,
+    /// Since when this sender's claims have come back full (it is behind), if they have.
+    behind_since: Option<Instant>,
+    /// Whether the sender yields now ([`Sender::yielding`]), for the recorder.
+    yielding: Arc<AtomicBool>,
 }
 
 impl Sender {
@@ -181,14 +209,17 @@ impl Sender {
             hold: Duration::from_secs(20),
             waiting: HashMap::new(),
             backlog: None,
+            behind_since: None,
+            yielding: Arc::new(AtomicBool::new(false)),
         })
     }
 
     /// Yields to deliveries: while `backlog` is set (the dispatcher has more due pushes than free
-    /// workers), claims only at the poll — at most [`CLAIM_BATCH`] events per [`POLL`], 320
-    /// webhooks/s per replica — instead of whenever a target has room. Webhooks then never stop,
-    /// and catch up at full speed once the dispatcher's claims come back short
-    /// (docs/decisions/webhooks.md "When the sender claims").
+    /// workers, or deferred pushes still to come back), claims only at the poll — at most
+    /// [`CLAIM_BATCH`] events per [`POLL`], 320 webhooks/s per replica — instead of whenever a
+    /// target has room, and attempts are recorded once per poll. Webhooks then never stop, and
+    /// catch up at full speed once the backlog is gone, or once this sender has been behind for
+    /// [`MAX_YIELD`] (docs/decisions/webhooks.md "When the sender claims").
     pub fn yield_to(mut self, backlog: Backlog) -> Self {
         self.backlog = Some(backlog);
         self
@@ -204,6 +235,7 @@ impl Sender {
         let (_, closed) = mpsc::channel(1);
         let recorder = tokio::spawn(record_loop(
             self.shared.clone(),
+            self.yielding.clone(),
             std::mem::replace(&mut self.records, closed),
         ));
         let mut tasks = JoinSet::new();
@@ -220,10 +252,17 @@ impl Sender {
             self.start_waiting(&mut tasks).await;
             let more = if claim && self.held(&tasks) < MAX_HELD {
                 poll_at = Instant::now() + POLL;
-                self.claim_round(&mut tasks).await
+                let more = self.claim_round(&mut tasks).await;
+                self.behind_since = if more {
+                    self.behind_since.or(Some(Instant::now()))
+                } else {
+                    None
+                };
+                more
             } else {
                 false
             };
+            self.yielding.store(self.yielding(), Ordering::Relaxed);
             // Claim again at once only after a full claim: after a partial one, everything
             // claimable was taken, and what can change that wakes the loop below (a request
             // done frees a slot, a recorded attempt may unblock its push's next event, the poll
@@ -293,9 +332,16 @@ impl Sender {
                 .any(|n| *n <= (PER_TARGET + AHEAD_PER_TARGET) / 2)
     }
 
-    /// Whether deliveries are backlogged, so that claims wait for the poll ([`Sender::yield_to`]).
+    /// Whether claims wait for the poll ([`Sender::yield_to`]): deliveries are backlogged, and
+    /// this sender has not been behind for [`MAX_YIELD`] yet — a backlog that lasts (a tenant
+    /// flooding one device keeps its pushes deferred) delays webhooks by about that much at most,
+    /// instead of capping them at the yielding rate for as long as it lasts.
     fn yielding(&self) -> bool {
-        self.backlog.as_ref().is_some_and(Backlog::is_set)
+        yields(
+            self.backlog.as_ref().is_some_and(Backlog::is_set),
+            self.behind_since,
+            Instant::now(),
+        )
     }
 
     /// Events held: in flight and waiting.
@@ -385,7 +431,14 @@ impl Sender {
         };
         let claimed_at = Instant::now();
         let events = match outbox.claim_webhooks(&req).await {
-            Ok(e) => e,
+            Ok(e) => {
+                self.shared
+                    .metrics
+                    .store
+                    .with_label_values(&["claim"])
+                    .observe(claimed_at.elapsed().as_secs_f64());
+                e
+            }
             Err(e) => {
                 tracing::warn!(message = "Webhook claim failed.", error = %e);
                 return false;
@@ -426,18 +479,41 @@ impl Sender {
 }
 
 /// Writes queued attempt records, as many as are waiting (up to [`RECORD_BATCH`]) per
-/// transaction.
-async fn record_loop(sh: Arc<Shared>, mut rx: mpsc::Receiver<AttemptRecord>) {
+/// transaction. While the sender yields to deliveries ([`Sender::yield_to`]) it gathers them for up to
+/// a [`POLL`] first: each record is a write transaction on the path the dispatcher's claims and
+/// completions share, and while yielding the requests end one by one, so that without the wait
+/// they were recorded a few at a time — as many transactions as the dispatcher's own
+/// (docs/perf/webhooks.md). The records wait at most 200 ms more, well inside the lease.
+async fn record_loop(
+    sh: Arc<Shared>,
+    yielding: Arc<AtomicBool>,
+    mut rx: mpsc::Receiver<AttemptRecord>,
+) {
     let store = sh.store.clone();
     let Some(outbox) = store.outbox() else {
         return;
     };
     // Holds only a weak share, so that the channel closes when the sender stops.
     let weak = Arc::downgrade(&sh);
+    let timer = sh.metrics.store.with_label_values(&["record"]);
     drop(sh);
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while rx.recv_many(&mut batch, RECORD_BATCH).await > 0 {
-        match outbox.record_webhook_attempts(&batch).await {
+        if yielding.load(Ordering::Relaxed) {
+            let until = tokio::time::Instant::now() + POLL;
+            while batch.len() < RECORD_BATCH {
+                let room = RECORD_BATCH - batch.len();
+                match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
+                    // Closed (the sender stopped) or the wait is over: write what is here.
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+        let started = Instant::now();
+        let result = outbox.record_webhook_attempts(&batch).await;
+        timer.observe(started.elapsed().as_secs_f64());
+        match result {
             Ok(recorded) => {
                 for (rec, ok) in batch.iter().zip(recorded) {
                     if !ok {
@@ -455,6 +531,12 @@ async fn record_loop(sh: Arc<Shared>, mut rx: mpsc::Receiver<AttemptRecord>) {
             sh.recorded.notify_one();
         }
     }
+}
+
+/// [`Sender::yielding`]: deliveries are backlogged, and the sender has not been behind (its
+/// claims full) for [`MAX_YIELD`].
+fn yields(backlogged: bool, behind_since: Option<Instant>, now: Instant) -> bool {
+    backlogged && behind_since.is_none_or(|t| now.saturating_duration_since(t) < MAX_YIELD)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -615,4 +697,22 @@ enum Failure {
     Retry(String),
     Permanent(String),
     Store(StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yields_to_a_backlog_until_behind_for_max_yield() {
+        let now = Instant::now() + MAX_YIELD * 2;
+        assert!(!yields(false, None, now), "no backlog: full speed");
+        assert!(yields(true, None, now), "backlog, nothing to catch up on");
+        assert!(yields(true, Some(now - MAX_YIELD / 2), now));
+        assert!(
+            !yields(true, Some(now - MAX_YIELD), now),
+            "behind for MAX_YIELD: catches up whatever the backlog"
+        );
+        assert!(!yields(false, Some(now - MAX_YIELD / 2), now));
+    }
 }
