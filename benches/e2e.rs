@@ -5,7 +5,12 @@
 //!
 //! `cargo bench --bench e2e -- [--seconds 10] [--connections 256] [--kannel-pushes 20000]
 //! [--setups healthz,sqlite,pg1,sqlite-sms,pg1-sms,kannel]` (the default; also `pg2`,
-//! `sqlite-hooks`, `pg1-hooks`, `pg1-sms-pinned`, `pg2-sms-pinned`)
+//! `sqlite-hooks`, `pg1-hooks`, `pg1-sms-pinned`, `pg2-sms-pinned`) `[--rounds 1]`
+//!
+//! `--rounds N` runs the setups N times, in reverse order every other round (A B, B A, …), so
+//! that a drift of the machine's speed during the run weighs on both sides of a ratio alike; the
+//! ratios are of the means over the rounds, and each round's own is printed too. On a shared
+//! 2-core machine one round's ratio of two setups varies by ±10 % between runs of the same code.
 //!
 //! Per gateway setup: a fresh database (a temporary SQLite file, or a new PostgreSQL database
 //! through `DMPUSHD_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`), the
@@ -103,6 +108,23 @@ struct Figures {
     deliveries: f64,
     /// wrk's p99 latency of the accepts, in ms (the slowest replica's).
     p99_ms: f64,
+}
+
+impl Figures {
+    /// The mean of each figure over rounds.
+    fn mean(rounds: &[Figures]) -> Figures {
+        let n = rounds.len().max(1) as f64;
+        Figures {
+            accepts: rounds.iter().map(|f| f.accepts).sum::<f64>() / n,
+            deliveries: rounds.iter().map(|f| f.deliveries).sum::<f64>() / n,
+            p99_ms: rounds.iter().map(|f| f.p99_ms).sum::<f64>() / n,
+        }
+    }
+}
+
+/// The mean, or `None` without figures.
+fn mean(xs: &[f64]) -> Option<f64> {
+    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
 }
 
 /// A plain-HTTP webhook receiver that answers 204 and counts: requests, distinct `webhook-id`s,
@@ -310,6 +332,8 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) -> Fig
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // Webhooks that arrived while pushes were being delivered: shows how far the sender yielded.
+    let hooks_by_delivered = hooks.as_ref().map(|h| h.counts().0);
     let received = if setup.wap {
         // Duplicates over SMS: submit_sm accepted beyond one per segment of each push.
         let mut submits = 0.0;
@@ -394,6 +418,30 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) -> Fig
             complete_s * 1000.0 / completes.max(1.0),
         );
     }
+    if hooks.is_some() {
+        for g in &gateways {
+            let mut line = format!("  {} webhook store writes:", g.base);
+            for op in ["claim", "record"] {
+                let n = metric(
+                    &http,
+                    &g.base,
+                    &format!(r#"dmpushd_webhook_store_seconds_count{{op="{op}"}}"#),
+                )
+                .await;
+                let s = metric(
+                    &http,
+                    &g.base,
+                    &format!(r#"dmpushd_webhook_store_seconds_sum{{op="{op}"}}"#),
+                )
+                .await;
+                line.push_str(&format!(
+                    " {n:.0} {op}s at {:.2} ms each;",
+                    s * 1000.0 / n.max(1.0)
+                ));
+            }
+            println!("{line} (by the last push delivered)");
+        }
+    }
     // After the push figures, which do not wait for it: a webhook backlog may drain for long.
     if let (Some(h), Some((in_phase1, phase1))) = (&hooks, hooks_phase1) {
         // Every push sends one webhook (`push.delivered`); wait for the last of them.
@@ -409,15 +457,19 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) -> Fig
         }
         let (requests, distinct, last) = h.counts();
         let all_done = last.map_or(delivered_at, |l| l.saturating_duration_since(t0));
+        let during = hooks_by_delivered.unwrap_or(0).saturating_sub(in_phase1);
+        let after = all_done.saturating_sub(delivered_at).as_secs_f64();
         println!(
             "  webhooks: {distinct} distinct ({} duplicate requests); {in_phase1} during the \
              accept phase ({:.0}/s); {:.0}/s from the due time until the last ({:.1} s after it, \
-             {:.1} s after the last push delivered)",
+             {after:.1} s after the last push delivered); {during} while pushes were delivered \
+             ({:.0}/s), {:.0}/s after",
             requests - distinct,
             in_phase1 as f64 / phase1.as_secs_f64(),
             (requests - in_phase1) as f64 / all_done.as_secs_f64().max(0.001),
             all_done.as_secs_f64(),
-            all_done.saturating_sub(delivered_at).as_secs_f64(),
+            during as f64 / delivered_at.as_secs_f64().max(0.001),
+            requests.saturating_sub(in_phase1 + during) as f64 / after.max(0.001),
         );
     }
     if non_2xx > 0 {
@@ -635,6 +687,7 @@ fn main() {
     let mut connections = 256usize;
     let mut kannel_pushes = 20_000usize;
     let mut setups = "healthz,sqlite,pg1,sqlite-sms,pg1-sms,kannel".to_owned();
+    let mut rounds = 1usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -652,6 +705,13 @@ fn main() {
                     .unwrap_or(kannel_pushes)
             }
             "--setups" => setups = args.next().unwrap_or(setups),
+            "--rounds" => {
+                rounds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(rounds)
+                    .max(1)
+            }
             _ => {} // cargo bench passes --bench
         }
     }
@@ -713,18 +773,37 @@ fn main() {
             "| setup      | replicas | accepts/s | pushes  | wrk p50/p99   | deliveries/s | drained  | dupes   | per replica |"
         );
         println!("|---|---|---|---|---|---|---|---|---|");
-        let mut figures: BTreeMap<&str, Figures> = BTreeMap::new();
-        let mut kannel = None;
-        let mut healthz = None;
-        for s in all.iter().filter(|s| setups.split(',').any(|n| n == s.name)) {
-            match s.kind {
-                Kind::Gateway => {
-                    figures.insert(s.name, run(s, secs, connections, &rx).await);
+        let mut runs: BTreeMap<&str, Vec<Figures>> = BTreeMap::new();
+        let mut kannels = Vec::new();
+        let mut healthzs = Vec::new();
+        let selected: Vec<&Setup> = all
+            .iter()
+            .filter(|s| setups.split(',').any(|n| n == s.name))
+            .collect();
+        for round in 0..rounds {
+            let order: Vec<&Setup> = if round % 2 == 0 {
+                selected.clone()
+            } else {
+                selected.iter().rev().copied().collect()
+            };
+            if rounds > 1 {
+                println!("round {} of {rounds}", round + 1);
+            }
+            for s in order {
+                match s.kind {
+                    Kind::Gateway => {
+                        let f = run(s, secs, connections, &rx).await;
+                        runs.entry(s.name).or_default().push(f);
+                    }
+                    Kind::Kannel => kannels.extend(run_kannel(kannel_pushes)),
+                    Kind::Healthz => healthzs.push(run_healthz(secs, connections).await),
                 }
-                Kind::Kannel => kannel = run_kannel(kannel_pushes),
-                Kind::Healthz => healthz = Some(run_healthz(secs, connections).await),
             }
         }
+        let figures: BTreeMap<&str, Figures> =
+            runs.iter().map(|(n, f)| (*n, Figures::mean(f))).collect();
+        let kannel = mean(&kannels);
+        let healthz = mean(&healthzs);
         let d = |n: &str| figures.get(n).map(|f| f.deliveries);
         println!();
         println!("issue 14 ratios (this run; load average {} at the end):", common::load_average());
@@ -742,5 +821,22 @@ fn main() {
         );
         accept_line("SQLite accepts/s ÷ /healthz requests/s", figures.get("sqlite"), healthz);
         accept_line("PostgreSQL accepts/s ÷ /healthz requests/s", figures.get("pg1"), healthz);
+        // Issue 11 acceptance 7: webhook delivery lowers deliveries/s by at most 20 %.
+        for (with, without) in [("sqlite-hooks", "sqlite"), ("pg1-hooks", "pg1")] {
+            if let (Some(w), Some(wo)) = (runs.get(with), runs.get(without)) {
+                let each: Vec<String> = w
+                    .iter()
+                    .zip(wo)
+                    .map(|(a, b)| format!("{:+.0} %", (a.deliveries / b.deliveries - 1.0) * 100.0))
+                    .collect();
+                let (a, b) = (Figures::mean(w).deliveries, Figures::mean(wo).deliveries);
+                let change = (a / b - 1.0) * 100.0;
+                println!(
+                    "| issue 11: {with} ÷ {without} deliveries/s (rounds: {}) | {a:.0} / {b:.0} | **{change:+.1} %** | ≥ -20 % | {} |",
+                    each.join(", "),
+                    if change >= -20.0 { "met" } else { "not met" }
+                );
+            }
+        }
     });
 }
