@@ -383,33 +383,16 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) -> Fig
             .join(" / "),
     );
     for g in &gateways {
-        let claims = metric(&http, &g.base, "dmpushd_claim_size_count").await;
-        let leased = metric(&http, &g.base, "dmpushd_claim_size_sum").await;
-        let claim_s = metric(
-            &http,
-            &g.base,
-            r#"dmpushd_store_operation_seconds_sum{op="claim"}"#,
-        )
-        .await;
+        // One scrape per gateway for all of its figures.
+        let text = common::metrics_text(&http, &g.base).await;
+        let m = |name: &str| common::metric_in(&text, name);
+        let claims = m("dmpushd_claim_size_count");
+        let leased = m("dmpushd_claim_size_sum");
+        let claim_s = m(r#"dmpushd_store_operation_seconds_sum{op="claim"}"#);
         // Includes the empty claims of idle polls.
-        let all_claims = metric(
-            &http,
-            &g.base,
-            r#"dmpushd_store_operation_seconds_count{op="claim"}"#,
-        )
-        .await;
-        let completes = metric(
-            &http,
-            &g.base,
-            r#"dmpushd_store_operation_seconds_count{op="complete"}"#,
-        )
-        .await;
-        let complete_s = metric(
-            &http,
-            &g.base,
-            r#"dmpushd_store_operation_seconds_sum{op="complete"}"#,
-        )
-        .await;
+        let all_claims = m(r#"dmpushd_store_operation_seconds_count{op="claim"}"#);
+        let completes = m(r#"dmpushd_store_operation_seconds_count{op="complete"}"#);
+        let complete_s = m(r#"dmpushd_store_operation_seconds_sum{op="complete"}"#);
         println!(
             "  {}: {claims:.0} claims, {:.1} pushes/claim, {:.2} ms/claim; {completes:.0} completion batches, {:.2} ms each",
             g.base,
@@ -417,26 +400,18 @@ async fn run(setup: &Setup, secs: u64, connections: usize, rx: &Receiver) -> Fig
             claim_s * 1000.0 / all_claims.max(1.0),
             complete_s * 1000.0 / completes.max(1.0),
         );
-    }
-    if hooks.is_some() {
-        for g in &gateways {
+        if hooks.is_some() {
             let mut line = format!("  {} webhook store writes:", g.base);
             for op in ["claim", "record"] {
-                let n = metric(
-                    &http,
-                    &g.base,
-                    &format!(r#"dmpushd_webhook_store_seconds_count{{op="{op}"}}"#),
-                )
-                .await;
-                let s = metric(
-                    &http,
-                    &g.base,
-                    &format!(r#"dmpushd_webhook_store_seconds_sum{{op="{op}"}}"#),
-                )
-                .await;
+                let n = m(&format!(
+                    r#"dmpushd_webhook_store_seconds_count{{op="{op}"}}"#
+                ));
+                let sum = m(&format!(
+                    r#"dmpushd_webhook_store_seconds_sum{{op="{op}"}}"#
+                ));
                 line.push_str(&format!(
                     " {n:.0} {op}s at {:.2} ms each;",
-                    s * 1000.0 / n.max(1.0)
+                    sum * 1000.0 / n.max(1.0)
                 ));
             }
             println!("{line} (by the last push delivered)");

@@ -23,7 +23,10 @@
 use std::{
     collections::{HashMap, HashSet},
     panic::AssertUnwindSafe,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicI64, Ordering::Relaxed},
+    },
     time::{Duration, Instant},
 };
 
@@ -100,29 +103,24 @@ pub struct Backlog(Arc<BacklogState>);
 
 #[derive(Debug, Default)]
 struct BacklogState {
-    full: std::sync::atomic::AtomicBool,
+    full: AtomicBool,
     /// Unix ms until which deferred pushes may still come back.
-    deferred_until_ms: std::sync::atomic::AtomicI64,
+    deferred_until_ms: AtomicI64,
 }
 
 impl Backlog {
     pub fn is_set(&self) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
         self.0.full.load(Relaxed) || now_ms() < self.0.deferred_until_ms.load(Relaxed)
     }
 
     /// After a claim: whether it took as many pushes as there were free workers.
     fn claimed(&self, full: bool) {
-        self.0
-            .full
-            .store(full, std::sync::atomic::Ordering::Relaxed);
+        self.0.full.store(full, Relaxed);
     }
 
     /// A claim deferred pushes, due again before `until_ms`.
     fn deferred(&self, until_ms: i64) {
-        self.0
-            .deferred_until_ms
-            .fetch_max(until_ms, std::sync::atomic::Ordering::Relaxed);
+        self.0.deferred_until_ms.fetch_max(until_ms, Relaxed);
     }
 }
 

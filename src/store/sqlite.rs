@@ -1507,15 +1507,9 @@ mod tests {
     async fn only_the_writer_has_the_larger_page_cache() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir).await;
-        let writer: i64 = sqlx::query_scalar("PRAGMA cache_size")
-            .fetch_one(&s.write)
-            .await
-            .unwrap();
+        let writer = pragma(&s.write, "cache_size").await;
         assert_eq!(writer, -(SQLITE_WRITER_CACHE_KIB as i64));
-        let reader: i64 = sqlx::query_scalar("PRAGMA cache_size")
-            .fetch_one(&s.read)
-            .await
-            .unwrap();
+        let reader = pragma(&s.read, "cache_size").await;
         assert_eq!(reader, -2000, "SQLite's default");
     }
 
@@ -1525,15 +1519,16 @@ mod tests {
     async fn only_the_writer_keeps_temporary_tables_in_memory() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir).await;
-        let writer: i64 = sqlx::query_scalar("PRAGMA temp_store")
-            .fetch_one(&s.write)
-            .await
-            .unwrap();
+        let writer = pragma(&s.write, "temp_store").await;
         assert_eq!(writer, 2);
-        let reader: i64 = sqlx::query_scalar("PRAGMA temp_store")
-            .fetch_one(&s.read)
-            .await
-            .unwrap();
+        let reader = pragma(&s.read, "temp_store").await;
         assert_eq!(reader, 0);
+    }
+
+    async fn pragma(pool: &sqlx::SqlitePool, name: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("PRAGMA {name}")))
+            .fetch_one(pool)
+            .await
+            .unwrap()
     }
 }

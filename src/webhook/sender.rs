@@ -151,8 +151,8 @@ pub struct Sender {
     backlog: Option<Backlog>,
     /// Since when this sender's claims have come back full (it is behind), if they have.
     behind_since: Option<Instant>,
-    /// Whether the sender yields now ([`Sender::yielding`]), for the recorder.
-    yielding: Arc<AtomicBool>,
+    /// [`Sender::yielding`] as of the claim loop's last turn, for the recorder.
+    yielding_now: Arc<AtomicBool>,
 }
 
 impl Sender {
@@ -210,7 +210,7 @@ impl Sender {
             waiting: HashMap::new(),
             backlog: None,
             behind_since: None,
-            yielding: Arc::new(AtomicBool::new(false)),
+            yielding_now: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -235,7 +235,7 @@ impl Sender {
         let (_, closed) = mpsc::channel(1);
         let recorder = tokio::spawn(record_loop(
             self.shared.clone(),
-            self.yielding.clone(),
+            self.yielding_now.clone(),
             std::mem::replace(&mut self.records, closed),
         ));
         let mut tasks = JoinSet::new();
@@ -262,13 +262,14 @@ impl Sender {
             } else {
                 false
             };
-            self.yielding.store(self.yielding(), Ordering::Relaxed);
+            let yielding = self.yielding();
+            self.yielding_now.store(yielding, Ordering::Relaxed);
             // Claim again at once only after a full claim: after a partial one, everything
             // claimable was taken, and what can change that wakes the loop below (a request
             // done frees a slot, a recorded attempt may unblock its push's next event, the poll
             // finds new and newly due events). Claiming again at once would mostly look at the
             // same window again.
-            if more && !self.yielding() {
+            if more && !yielding {
                 continue;
             }
             tokio::select! {
@@ -479,10 +480,10 @@ impl Sender {
 }
 
 /// Writes queued attempt records, as many as are waiting (up to [`RECORD_BATCH`]) per
-/// transaction. While the sender yields to deliveries ([`Sender::yield_to`]) it gathers them for up to
-/// a [`POLL`] first: each record is a write transaction on the path the dispatcher's claims and
-/// completions share, and while yielding the requests end one by one, so that without the wait
-/// they were recorded a few at a time — as many transactions as the dispatcher's own
+/// transaction. While the sender yields to deliveries ([`Sender::yield_to`]) it gathers them for
+/// up to a [`POLL`] first: each record is a write transaction on the path the dispatcher's claims
+/// and completions share, and while yielding the requests end one by one, so that without the
+/// wait they were recorded a few at a time — as many transactions as the dispatcher's own
 /// (docs/perf/webhooks.md). The records wait at most 200 ms more, well inside the lease.
 async fn record_loop(
     sh: Arc<Shared>,
