@@ -515,8 +515,8 @@ async fn complete_rows(
 }
 
 /// Records the references of `Accepted` completions per [`rules::claim_ref`]: one read of the
-/// rows already there and one upsert for the references taken afresh (per chunk); adopting an
-/// overtaking receipt is rare and takes a statement each. Returns the completions that adopted
+/// rows already there, one update for the overtaking receipts it adopts and one upsert for the
+/// references taken afresh (per chunk). Returns the completions that adopted
 /// a receipt (their pushes must be settled now). A reference named by two completions of one
 /// batch is recorded push by push, in order, so that the later one takes it.
 async fn record_refs<'c>(
@@ -529,6 +529,7 @@ async fn record_refs<'c>(
             .all(|r| seen.insert((*binding, r.account.as_str(), r.id.as_str())))
     });
     let mut adopted = Vec::new();
+    let mut adopted_ids = std::collections::HashSet::new();
     let groups: Vec<&[(&Completion, BindingKind, &[&NextHopRef])]> = if unique {
         vec![accepted]
     } else {
@@ -571,29 +572,37 @@ async fn record_refs<'c>(
                 })
                 .collect();
             let mut take = Vec::with_capacity(chunk.len());
+            let mut adopt = Vec::new();
             for (c, binding, r) in chunk {
                 let key = (binding.as_str().to_owned(), r.account.clone(), r.id.clone());
                 match rules::claim_ref(held.get(&key), c.at_ms) {
                     RefClaim::Adopt => {
-                        sqlx::query(
-                            "UPDATE push_refs SET push_id = ?4, hold_until = NULL
-                             WHERE binding = ?1 AND account = ?2 AND reference = ?3",
-                        )
-                        .bind(binding.as_str())
-                        .bind(&r.account)
-                        .bind(&r.id)
-                        .bind(&c.push_id)
-                        .execute(&mut **tx)
-                        .await?;
-                        if !adopted
-                            .iter()
-                            .any(|(a, _): &(&Completion, BindingKind)| a.push_id == c.push_id)
-                        {
+                        adopt.push((*c, *binding, *r));
+                        if adopted_ids.insert(c.push_id.as_str()) {
                             adopted.push((*c, *binding));
                         }
                     }
                     RefClaim::Take => take.push((*c, *binding, *r)),
                 }
+            }
+            // With a fast SMSC most receipts overtake their completion, so adopting is the
+            // common case: one statement for the chunk (a statement per reference, ~80 µs each
+            // on the one writer connection, was the larger part of an SMS completion batch).
+            if !adopt.is_empty() {
+                let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                    "UPDATE push_refs SET push_id = v.column4, hold_until = NULL FROM (",
+                );
+                q.push_values(&adopt, |mut b, (c, binding, r)| {
+                    b.push_bind(binding.as_str())
+                        .push_bind(&r.account)
+                        .push_bind(&r.id)
+                        .push_bind(&c.push_id);
+                });
+                q.push(
+                    ") AS v WHERE push_refs.binding = v.column1 AND push_refs.account = v.column2 \
+                       AND push_refs.reference = v.column3",
+                );
+                q.build().execute(&mut **tx).await?;
             }
             if take.is_empty() {
                 continue;

@@ -1067,6 +1067,62 @@ async fn receipt_before_completion(s: Arc<dyn Store>) {
             state: PushState::Delivered
         }
     );
+
+    // Several pushes of one completion batch adopt overtaking receipts (one statement for all
+    // of them on SQLite), beside one that takes its reference afresh: each adopts only its own.
+    // The second is WAP only: its failed receipt fails it (under `auto` it would fall back).
+    let ids = vec![
+        created(&s, push("t1")).await,
+        created(&s, wap_only("t1")).await,
+        created(&s, push("t1")).await,
+    ];
+    let mut claimed = std::collections::HashMap::new();
+    for _ in 0..3 {
+        let x = claim_one(&s, "a", T0).await;
+        claimed.insert(x.id.clone(), x);
+    }
+    let refs: Vec<Vec<String>> = vec![
+        vec![format!("{}-a", ids[0]), format!("{}-b", ids[0])],
+        vec![format!("{}-a", ids[1])],
+        vec![format!("{}-a", ids[2])],
+    ];
+    let early = [
+        receipt(&refs[0][0], true, "DELIVRD"),
+        receipt(&refs[0][1], true, "DELIVRD"),
+        receipt(&refs[1][0], false, "UNDELIV"),
+    ];
+    assert_eq!(
+        s.apply_receipts(&early, T0 + 1).await.unwrap(),
+        vec![ReceiptEffect::Pending; 3]
+    );
+    s.complete(
+        ids.iter()
+            .zip(&refs)
+            .map(|(id, r)| {
+                done(
+                    &claimed[id],
+                    "a",
+                    T0 + 2,
+                    Next::Accepted { refs: nhs(r) },
+                    "sent",
+                )
+            })
+            .collect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(state_of(&s, "t1", &ids[0]).await, PushState::Delivered);
+    assert_eq!(state_of(&s, "t1", &ids[1]).await, PushState::Failed);
+    assert_eq!(state_of(&s, "t1", &ids[2]).await, PushState::Accepted);
+    assert_eq!(
+        s.apply_receipt(&receipt(&refs[2][0], true, "DELIVRD"), T0 + 3)
+            .await
+            .unwrap(),
+        ReceiptEffect::Finished {
+            push_id: ids[2].clone(),
+            state: PushState::Delivered
+        }
+    );
 }
 
 async fn receipt_failed_part(s: Arc<dyn Store>) {
