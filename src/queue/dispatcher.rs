@@ -167,12 +167,12 @@ impl Dispatcher {
     /// Runs until `shutdown` and then drains; returns when every lease is completed or released.
     pub async fn run(self, receipts: mpsc::Receiver<Receipt>, shutdown: CancellationToken) {
         let this = Arc::new(self);
-        let (done_tx, done_rx) = mpsc::channel::<Completion>(this.cfg.workers.max(1) * 2);
-        let writer = tokio::spawn(completion_writer(
-            this.store.clone(),
-            this.metrics.clone(),
-            done_rx,
-        ));
+        let (done_tx, writers) = Outcomes::start(
+            this.store.completion_writers(),
+            this.cfg.workers.max(1) * 2,
+            &this.store,
+            &this.metrics,
+        );
         let house = tokio::spawn(this.clone().housekeeper(shutdown.clone()));
         let receipts_task = tokio::spawn(this.clone().receipt_consumer(receipts, shutdown.clone()));
         let liveness = tokio::spawn(this.clone().liveness(shutdown.clone()));
@@ -216,7 +216,9 @@ impl Dispatcher {
                 .await;
         }
         drop(done_tx);
-        let _ = writer.await;
+        for w in writers {
+            let _ = w.await;
+        }
         let _ = house.await;
         let _ = receipts_task.await;
         let _ = liveness.await;
@@ -230,7 +232,7 @@ impl Dispatcher {
 
     async fn claim_loop(
         self: Arc<Self>,
-        done: mpsc::Sender<Completion>,
+        done: Outcomes,
         shutdown: CancellationToken,
     ) -> JoinSet<()> {
         let sem = Arc::new(Semaphore::new(self.cfg.workers.max(1)));
@@ -403,7 +405,7 @@ impl Dispatcher {
         self: Arc<Self>,
         push: Claimed,
         permit: (OwnedSemaphorePermit, Slots),
-        done: mpsc::Sender<Completion>,
+        done: Outcomes,
     ) {
         let span = tracing::info_span!(
             "attempt",
@@ -449,7 +451,7 @@ impl Dispatcher {
         self: Arc<Self>,
         push: Claimed,
         _permits: (OwnedSemaphorePermit, Slots),
-        done: mpsc::Sender<Completion>,
+        done: Outcomes,
     ) {
         // However the attempt ends (outcome sent, a panic outside the binding, or an abort at
         // shutdown) the push leaves the in-flight set: after a panic its lease is no longer
@@ -834,6 +836,47 @@ impl Dispatcher {
     }
 }
 
+/// Where attempts send their outcomes: one of the store's completion writers, always the same
+/// one for a push, so that a push's outcomes commit in the order they were sent (an outcome, then
+/// its release at shutdown). A store whose writes run concurrently (PostgreSQL) has several: one
+/// writer's batch waits for its round trips while the next batch is already on its way.
+#[derive(Clone)]
+struct Outcomes(Arc<[mpsc::Sender<Completion>]>);
+
+impl Outcomes {
+    /// `n` writers (at least one), each with a queue of `capacity`.
+    fn start(
+        n: usize,
+        capacity: usize,
+        store: &Arc<dyn Store>,
+        metrics: &Metrics,
+    ) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
+        let (txs, tasks): (Vec<_>, Vec<_>) = (0..n.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel::<Completion>(capacity);
+                (
+                    tx,
+                    tokio::spawn(completion_writer(store.clone(), metrics.clone(), rx)),
+                )
+            })
+            .unzip();
+        (Self(txs.into()), tasks)
+    }
+
+    async fn send(&self, c: Completion) -> Result<(), mpsc::error::SendError<Completion>> {
+        self.0[writer_of(&c.push_id, self.0.len())].send(c).await
+    }
+}
+
+/// The writer (of `n`) that records `push_id`'s outcomes.
+fn writer_of(push_id: &str, n: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: the same push maps to the same writer for the life of the process.
+    let mut h = std::hash::DefaultHasher::new();
+    push_id.hash(&mut h);
+    (h.finish() % n.max(1) as u64) as usize
+}
+
 /// Writes completions in batches; retries transient store errors so that an outcome is not
 /// lost to a busy database (if it still fails, the lease expires and the push is retried).
 async fn completion_writer(
@@ -1026,6 +1069,25 @@ impl TargetLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_push_always_goes_to_the_same_writer_and_pushes_spread_over_all() {
+        let ids: Vec<String> = (0..400).map(|i| format!("0190a1b2-{i:04}")).collect();
+        for n in [1, 2, 4] {
+            let mut used = vec![0usize; n];
+            for id in &ids {
+                let w = writer_of(id, n);
+                assert_eq!(w, writer_of(id, n), "{id} moved between writers");
+                used[w] += 1;
+            }
+            // Each writer gets a fair share (400 / n, within a generous margin).
+            assert!(
+                used.iter().all(|&u| u * n * 2 > ids.len()),
+                "n = {n}: {used:?}"
+            );
+        }
+        assert_eq!(writer_of("x", 0), 0, "no writers is treated as one");
+    }
 
     #[test]
     fn backlog_is_a_full_claim_or_deferred_pushes_still_to_come_back() {

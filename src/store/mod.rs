@@ -568,6 +568,13 @@ pub trait Store: Send + Sync + 'static {
     fn outbox(&self) -> Option<&dyn outbox::Outbox> {
         None
     }
+
+    /// How many [`Store::complete`] calls the dispatcher runs at once. One for a store with a
+    /// single writer connection (more would only queue for it); more where each has its own
+    /// connection and the time of a batch is mostly round trips (PostgreSQL).
+    fn completion_writers(&self) -> usize {
+        1
+    }
 }
 
 /// Opens the store named by `opts.url`, running migrations when `opts.auto_migrate`.

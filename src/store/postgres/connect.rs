@@ -54,6 +54,10 @@ impl PgStore {
             jobs,
             wake,
             devices,
+            // Like the enqueue writers: a quarter of the pool, so that claims, receipts and
+            // reads always find a connection. A completion batch is ~10 round trips; with one
+            // writer the SMS path's deliveries/s was its batch size ÷ their latency.
+            completion_writers: writers as usize,
             _stop: stop.drop_guard(),
         })
     }

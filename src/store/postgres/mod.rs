@@ -72,6 +72,8 @@ pub struct PgStore {
     jobs: mpsc::Sender<Job>,
     wake: Arc<Notify>,
     devices: Arc<DeviceCache>,
+    /// Completion batches in flight at once (each holds a connection for its round trips).
+    completion_writers: usize,
     /// Stops the LISTEN task when the store is dropped (writers stop when `jobs` is dropped).
     _stop: DropGuard,
 }
@@ -538,5 +540,9 @@ impl Store for PgStore {
 
     fn outbox(&self) -> Option<&dyn super::outbox::Outbox> {
         Some(self)
+    }
+
+    fn completion_writers(&self) -> usize {
+        self.completion_writers
     }
 }
