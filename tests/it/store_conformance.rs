@@ -1071,7 +1071,7 @@ async fn receipt_before_completion(s: Arc<dyn Store>) {
     // Several pushes of one completion batch adopt overtaking receipts (one statement for all
     // of them on SQLite), beside one that takes its reference afresh: each adopts only its own.
     // The second is WAP only: its failed receipt fails it (under `auto` it would fall back).
-    let ids = vec![
+    let ids = [
         created(&s, push("t1")).await,
         created(&s, wap_only("t1")).await,
         created(&s, push("t1")).await,
@@ -1081,7 +1081,7 @@ async fn receipt_before_completion(s: Arc<dyn Store>) {
         let x = claim_one(&s, "a", T0).await;
         claimed.insert(x.id.clone(), x);
     }
-    let refs: Vec<Vec<String>> = vec![
+    let refs: [Vec<String>; 3] = [
         vec![format!("{}-a", ids[0]), format!("{}-b", ids[0])],
         vec![format!("{}-a", ids[1])],
         vec![format!("{}-a", ids[2])],
