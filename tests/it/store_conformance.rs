@@ -1978,6 +1978,48 @@ conformance!(
     completion_batch_lease_and_repeats,
 );
 
+/// PostgreSQL only: a lease renewal skips a push another transaction holds (a completion) instead
+/// of waiting for it: renewals lock rows in their own order, and waiting for a completion writer
+/// that waits for them made a deadlock cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_renew_skips_a_push_being_completed() {
+    let Some(db) = crate::support::store::PgDb::create().await else {
+        return;
+    };
+    let s = db.open().await;
+    for _ in 0..2 {
+        created(&s, push("t1")).await;
+    }
+    let leased = s.claim("a", T0, LEASE, 2).await.unwrap();
+    let ids: Vec<String> = leased.iter().map(|c| c.id.clone()).collect();
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM pushes WHERE id = $1 FOR UPDATE")
+        .bind(&ids[0])
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    // Returns while the lock is held (it would wait for ever, the holder never commits here).
+    tokio::time::timeout(Duration::from_secs(10), s.renew("a", &ids, T0 + 60_000))
+        .await
+        .expect("renew waited for a locked push")
+        .unwrap();
+    holder.rollback().await.unwrap();
+    let until: Vec<(String, i64)> =
+        sqlx::query_as("SELECT id, lease_until FROM pushes WHERE id = ANY($1) ORDER BY id")
+            .bind(&ids)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for (id, lease_until) in until {
+        if id == ids[0] {
+            assert!(lease_until < T0 + 60_000, "the locked push was renewed");
+        } else {
+            assert_eq!(lease_until, T0 + 60_000, "the free push was not renewed");
+        }
+    }
+}
+
 /// PostgreSQL only: per-owner lease count (the default trait method answers 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_leases_held() {

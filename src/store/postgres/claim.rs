@@ -119,9 +119,18 @@ pub(super) async fn renew(
     if ids.is_empty() {
         return Ok(());
     }
+    // Rows another transaction holds are skipped, not waited for: a renewal locks the pushes
+    // of every in-flight attempt in whatever order the plan takes, while the completion writers
+    // lock theirs in theirs, so waiting made a deadlock cycle (seen in the SMS benchmark with two
+    // completion writers: 1 s stalls, `deadlock_timeout`). A locked row is being completed (its
+    // lease ends with that) or the completion fails and the next renewal, a third of a lease
+    // later, renews it.
     sqlx::query(
-        "UPDATE pushes SET lease_until = $3 \
-         WHERE id = ANY($1::text[]) AND state = 'sending' AND lease_owner = $2",
+        "UPDATE pushes p SET lease_until = $3 \
+         FROM (SELECT id FROM pushes \
+               WHERE id = ANY($1::text[]) AND state = 'sending' AND lease_owner = $2 \
+               FOR UPDATE SKIP LOCKED) s \
+         WHERE p.id = s.id",
     )
     .bind(ids)
     .bind(owner)
