@@ -516,9 +516,9 @@ async fn complete_rows(
 
 /// Records the references of `Accepted` completions per [`rules::claim_ref`]: one read of the
 /// rows already there, one update for the overtaking receipts it adopts and one upsert for the
-/// references taken afresh (per chunk). Returns the completions that adopted
-/// a receipt (their pushes must be settled now). A reference named by two completions of one
-/// batch is recorded push by push, in order, so that the later one takes it.
+/// references taken afresh (per chunk). Returns the completions that adopted a receipt (their
+/// pushes must be settled now). A reference named by two completions of one batch is recorded
+/// push by push, in order, so that the later one takes it.
 async fn record_refs<'c>(
     tx: &mut Transaction<'_, Sqlite>,
     accepted: &[(&'c Completion, BindingKind, &[&NextHopRef])],
