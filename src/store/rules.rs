@@ -48,6 +48,10 @@ pub(crate) struct CompletionEffect<'a> {
     /// without duplicates; each is claimed per [`claim_ref`]. After recording them, the push is
     /// settled with [`settle`] in case receipts overtook the completion.
     pub refs: Option<(BindingKind, Vec<&'a NextHopRef>)>,
+    /// Receipts that overtook the completion delivered every part ([`settle_overtaken`]): the
+    /// push is `delivered` at once, this event follows `event`, and the rows of `refs` (the
+    /// overtaking receipts) are released, i.e. deleted, instead of recorded.
+    pub settled: Option<EventRow>,
 }
 
 /// The completion effect (DESIGN §4, §10.1): `Next` → row change, event and references.
@@ -107,6 +111,7 @@ pub(crate) fn completion_effect(c: &Completion) -> CompletionEffect<'_> {
             detail: c.detail.clone(),
         }),
         refs,
+        settled: None,
     }
 }
 
@@ -192,6 +197,74 @@ pub(crate) fn claim_ref(existing: Option<&HeldRef>, now_ms: i64) -> RefClaim {
     }
 }
 
+/// A `push_refs` row that a completion finds for one of its references (read, and on PostgreSQL
+/// locked, before the completion writes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FoundRef {
+    pub held: HeldRef,
+    pub status: RefStatus,
+    pub detail: String,
+    pub updated_at_ms: i64,
+}
+
+/// The rows found for the references of a batch of completions.
+pub(crate) type FoundRefs = HashMap<RefKey, FoundRef>;
+
+/// Receipts that overtook an `Accepted` completion and deliver its push (DESIGN §10.1): when
+/// every reference the completion records would adopt an overtaking receipt ([`claim_ref`]) and
+/// all of those delivered, the push is `delivered` by the completion's own write — its
+/// `accepted` event followed by a `delivered` one, at the completion's time, with the detail
+/// [`settle`] would give — instead of being made `accepted` and settled by a second write of
+/// the same row. The outcome is the same; a push row changes state twice per SMS instead of
+/// three times (each change of a PostgreSQL row is a new tuple in every index). Anything else
+/// (a part pending, or failed: a failure may fall back, which needs the push's bindings) is left
+/// to recording and [`settle_adopted`]. Returns whether the effect changed.
+///
+/// `found` must hold the rows as they are for this completion: a caller that records one
+/// reference for two completions of a batch must not use it (the first would hold the row).
+pub(crate) fn settle_overtaken(effect: &mut CompletionEffect<'_>, found: &FoundRefs) -> bool {
+    let (Some((binding, refs)), Some(event), PushState::Accepted) =
+        (&effect.refs, &effect.event, effect.state)
+    else {
+        return false;
+    };
+    let mut rows = Vec::with_capacity(refs.len());
+    for r in refs {
+        let Some(f) = found.get(&(*binding, (*r).clone())) else {
+            return false;
+        };
+        if claim_ref(Some(&f.held), effect.updated_at_ms) != RefClaim::Adopt {
+            return false;
+        }
+        rows.push(RefRow {
+            reference: (*r).clone(),
+            status: f.status,
+            detail: f.detail.clone(),
+            updated_at_ms: f.updated_at_ms,
+        });
+    }
+    let Some((PushState::Delivered, detail)) = verdict(&rows, None) else {
+        return false;
+    };
+    effect.state = PushState::Delivered;
+    effect.settled = Some(EventRow {
+        state: PushState::Delivered,
+        detail,
+        ..event.clone()
+    });
+    true
+}
+
+/// Whether no reference is named by two completions of a batch (nor twice by one): only then
+/// are the rows read for the batch the rows each completion meets ([`settle_overtaken`]).
+pub(crate) fn refs_are_distinct(effects: &[CompletionEffect<'_>]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    effects
+        .iter()
+        .filter_map(|e| e.refs.as_ref())
+        .all(|(binding, refs)| refs.iter().all(|r| seen.insert((*binding, *r))))
+}
+
 /// The push as receipt settling needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PushView {
@@ -249,6 +322,24 @@ pub(crate) fn settle(
     else {
         return Settlement::Ignore;
     };
+    let Some((state, detail)) = verdict(refs, trigger) else {
+        return Settlement::Hold;
+    };
+    if state == PushState::Failed
+        && let Some((index, kind)) = next_binding(push, binding, now_ms)
+    {
+        return Settlement::Fallback {
+            binding_index: index,
+            detail: format!("{detail}; falling back to {kind}"),
+        };
+    }
+    Settlement::Finish { state, detail }
+}
+
+/// What a push's references say on their own: `Failed` when any part failed, `Delivered` when
+/// all delivered, with the event detail naming the deciding receipt; `None` while a part is
+/// still pending (or there are none).
+fn verdict(refs: &[RefRow], trigger: Option<&NextHopRef>) -> Option<(PushState, String)> {
     let trigger = trigger.and_then(|t| refs.iter().find(|r| &r.reference == t));
     let by_time = |r: &&RefRow| (r.updated_at_ms, r.reference.clone());
     let (state, decider) = if refs.iter().any(|r| r.status == RefStatus::Failed) {
@@ -268,21 +359,13 @@ pub(crate) fn settle(
             trigger.or(refs.iter().max_by_key(by_time)),
         )
     } else {
-        return Settlement::Hold;
+        return None;
     };
     let detail = match decider.map(|r| r.detail.as_str()) {
         Some(d) if !d.is_empty() => format!("receipt: {d}"),
         _ => format!("receipt: {state}"),
     };
-    if state == PushState::Failed
-        && let Some((index, kind)) = next_binding(push, binding, now_ms)
-    {
-        return Settlement::Fallback {
-            binding_index: index,
-            detail: format!("{detail}; falling back to {kind}"),
-        };
-    }
-    Settlement::Finish { state, detail }
+    Some((state, detail))
 }
 
 /// The binding after the one that failed, when the push may fall back to it: under `auto`, while
@@ -931,6 +1014,105 @@ mod tests {
             hold_until_ms: None,
         };
         assert_eq!(claim_ref(Some(&odd), 100), RefClaim::Take);
+    }
+
+    #[test]
+    fn receipts_that_all_overtook_and_delivered_settle_the_completion_at_once() {
+        let refs = vec![NextHopRef::new("acct", "a"), NextHopRef::new("acct", "b")];
+        let c = completion(Next::Accepted { refs: refs.clone() });
+        let orphan = |status, detail: &str, at| FoundRef {
+            held: HeldRef {
+                push_id: None,
+                hold_until_ms: Some(5_000),
+            },
+            status,
+            detail: detail.into(),
+            updated_at_ms: at,
+        };
+        let found = |b: FoundRef| -> FoundRefs {
+            [
+                (
+                    (BindingKind::Wap, refs[0].clone()),
+                    orphan(RefStatus::Delivered, "DELIVRD a", 900),
+                ),
+                ((BindingKind::Wap, refs[1].clone()), b),
+            ]
+            .into_iter()
+            .collect()
+        };
+        // Both parts delivered before the completion: delivered at once, the `delivered` event
+        // after the `accepted` one, naming the last delivery (as `settle` would).
+        let mut e = completion_effect(&c);
+        assert!(settle_overtaken(
+            &mut e,
+            &found(orphan(RefStatus::Delivered, "DELIVRD b", 950))
+        ));
+        assert_eq!(e.state, PushState::Delivered);
+        assert_eq!(
+            e.event.as_ref().map(|ev| ev.state),
+            Some(PushState::Accepted)
+        );
+        let settled = e.settled.clone().expect("settled event");
+        assert_eq!(
+            settled,
+            EventRow {
+                at_ms: 1_000,
+                state: PushState::Delivered,
+                binding: WAP,
+                attempt: 3,
+                detail: "receipt: DELIVRD b".into(),
+            }
+        );
+        assert!(e.refs.is_some(), "the references to release");
+        // Anything else is left to recording and `settle_adopted`, unchanged.
+        let unchanged = |found: &FoundRefs| {
+            let mut e = completion_effect(&c);
+            let before = e.clone();
+            assert!(!settle_overtaken(&mut e, found));
+            assert_eq!(e, before);
+        };
+        // A part pending, a part failed (may fall back: needs the push's bindings).
+        unchanged(&found(orphan(RefStatus::Pending, "", 950)));
+        unchanged(&found(orphan(RefStatus::Failed, "UNDELIV", 950)));
+        // A part without a receipt yet.
+        let mut one = found(orphan(RefStatus::Delivered, "DELIVRD b", 950));
+        one.remove(&(BindingKind::Wap, refs[1].clone()));
+        unchanged(&one);
+        // A receipt held past its window, or the row of another push: never adopted.
+        let mut stale = orphan(RefStatus::Delivered, "DELIVRD b", 950);
+        stale.held.hold_until_ms = Some(999);
+        unchanged(&found(stale));
+        let mut other = orphan(RefStatus::Delivered, "DELIVRD b", 950);
+        other.held.push_id = Some("p0".into());
+        unchanged(&found(other));
+        // Only an `Accepted` completion with references.
+        let all = found(orphan(RefStatus::Delivered, "DELIVRD b", 950));
+        for next in [Next::Delivered, Next::Failed, Next::RetryAt { at_ms: 5 }] {
+            let c = completion(next);
+            let mut e = completion_effect(&c);
+            assert!(!settle_overtaken(&mut e, &all));
+            assert!(e.settled.is_none());
+        }
+    }
+
+    #[test]
+    fn a_reference_named_twice_in_a_batch_is_not_distinct() {
+        let a = completion(Next::Accepted {
+            refs: vec![NextHopRef::new("acct", "1"), NextHopRef::new("acct", "1")],
+        });
+        let b = completion(Next::Accepted {
+            refs: vec![NextHopRef::new("acct", "2")],
+        });
+        let c = completion(Next::Accepted {
+            refs: vec![NextHopRef::new("acct", "2")],
+        });
+        let d = completion(Next::Failed);
+        fn e<'a>(cs: &[&'a Completion]) -> Vec<CompletionEffect<'a>> {
+            cs.iter().map(|c| completion_effect(c)).collect()
+        }
+        // Repeated within one completion: deduplicated by `completion_effect`.
+        assert!(refs_are_distinct(&e(&[&a, &b, &d])));
+        assert!(!refs_are_distinct(&e(&[&a, &b, &c])));
     }
 
     #[test]

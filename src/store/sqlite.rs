@@ -514,23 +514,70 @@ async fn complete_rows(
     Ok(q.build_query_scalar().fetch_all(&mut **tx).await?)
 }
 
-/// Records the references of `Accepted` completions per [`rules::claim_ref`]: one read of the
-/// rows already there, one update for the overtaking receipts it adopts and one upsert for the
-/// references taken afresh (per chunk). Returns the completions that adopted a receipt (their
-/// pushes must be settled now). A reference named by two completions of one batch is recorded
-/// push by push, in order, so that the later one takes it.
-async fn record_refs<'c>(
+/// The `push_refs` rows of `keys` as they are (one read per chunk; 3 variables per key).
+async fn read_found(
     tx: &mut Transaction<'_, Sqlite>,
-    accepted: &[(&'c Completion, BindingKind, &[&NextHopRef])],
+    keys: &[(BindingKind, &NextHopRef)],
+) -> Result<rules::FoundRefs, StoreError> {
+    let mut found = rules::FoundRefs::new();
+    for chunk in keys.chunks(INSERT_CHUNK) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT r.binding, r.account, r.reference, r.push_id, r.hold_until, r.status,
+                 r.detail, r.updated_at FROM (",
+        );
+        q.push_values(chunk, |mut b, (binding, r)| {
+            b.push_bind(binding.as_str())
+                .push_bind(&r.account)
+                .push_bind(&r.id);
+        });
+        q.push(
+            ") AS k JOIN push_refs r ON r.binding = k.column1 AND r.account = k.column2 \
+               AND r.reference = k.column3",
+        );
+        for r in q.build().fetch_all(&mut **tx).await? {
+            let Some(binding) = BindingKind::parse(&r.try_get::<String, _>("binding")?) else {
+                continue;
+            };
+            found.insert(
+                (
+                    binding,
+                    NextHopRef {
+                        account: r.try_get("account")?,
+                        id: r.try_get("reference")?,
+                    },
+                ),
+                rules::FoundRef {
+                    held: HeldRef {
+                        push_id: r.try_get("push_id")?,
+                        hold_until_ms: r.try_get("hold_until")?,
+                    },
+                    status: RefStatus::parse(&r.try_get::<String, _>("status")?),
+                    detail: r.try_get("detail")?,
+                    updated_at_ms: r.try_get("updated_at")?,
+                },
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// An applied `Accepted` completion, its binding and the references it names.
+type AcceptedRefs<'a, 'c> = (&'c Completion, BindingKind, &'a [&'a NextHopRef]);
+
+/// Records the references of `Accepted` completions per [`rules::claim_ref`]: one update for
+/// the overtaking receipts it adopts and one upsert for the references taken afresh (per
+/// chunk), decided against `found` — the rows read when the batch began, or `None` when a
+/// reference is named twice in the batch: then push by push, in order, each against a fresh
+/// read, so that the later push takes the id from the earlier one. Returns the completions that
+/// adopted a receipt (their pushes must be settled now).
+async fn record_refs<'a, 'c>(
+    tx: &mut Transaction<'_, Sqlite>,
+    accepted: &[AcceptedRefs<'a, 'c>],
+    found: Option<&rules::FoundRefs>,
 ) -> Result<Vec<(&'c Completion, BindingKind)>, StoreError> {
-    let mut seen = std::collections::HashSet::new();
-    let unique = accepted.iter().all(|(_, binding, refs)| {
-        refs.iter()
-            .all(|r| seen.insert((*binding, r.account.as_str(), r.id.as_str())))
-    });
     let mut adopted = Vec::new();
     let mut adopted_ids = std::collections::HashSet::new();
-    let groups: Vec<&[(&Completion, BindingKind, &[&NextHopRef])]> = if unique {
+    let groups: Vec<&[AcceptedRefs<'a, 'c>]> = if found.is_some() {
         vec![accepted]
     } else {
         accepted.chunks(1).collect()
@@ -542,76 +589,56 @@ async fn record_refs<'c>(
             .iter()
             .flat_map(|(c, binding, refs)| refs.iter().map(move |r| (*c, *binding, *r)))
             .collect();
-        // 3 variables per key in the read, 5 per row in the upsert.
-        for chunk in all.chunks(INSERT_CHUNK) {
+        let read;
+        let found = match found {
+            Some(f) => f,
+            None => {
+                let keys: Vec<(BindingKind, &NextHopRef)> =
+                    all.iter().map(|(_, b, r)| (*b, *r)).collect();
+                read = read_found(tx, &keys).await?;
+                &read
+            }
+        };
+        let mut take = Vec::with_capacity(all.len());
+        let mut adopt = Vec::new();
+        for (c, binding, r) in &all {
+            let held = found.get(&(*binding, (*r).clone())).map(|f| &f.held);
+            match rules::claim_ref(held, c.at_ms) {
+                RefClaim::Adopt => {
+                    adopt.push((*c, *binding, *r));
+                    if adopted_ids.insert(c.push_id.as_str()) {
+                        adopted.push((*c, *binding));
+                    }
+                }
+                RefClaim::Take => take.push((*c, *binding, *r)),
+            }
+        }
+        // With a fast SMSC most receipts overtake their completion, so adopting is common: one
+        // statement per chunk (a statement per reference, ~80 µs each on the one writer
+        // connection, was the larger part of an SMS completion batch). 4 variables per row.
+        for chunk in adopt.chunks(INSERT_CHUNK) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "SELECT r.binding, r.account, r.reference, r.push_id, r.hold_until FROM (",
+                "UPDATE push_refs SET push_id = v.column4, hold_until = NULL FROM (",
             );
-            q.push_values(chunk, |mut b, (_, binding, r)| {
+            q.push_values(chunk, |mut b, (c, binding, r)| {
                 b.push_bind(binding.as_str())
                     .push_bind(&r.account)
-                    .push_bind(&r.id);
+                    .push_bind(&r.id)
+                    .push_bind(&c.push_id);
             });
             q.push(
-                ") AS k JOIN push_refs r ON r.binding = k.column1 AND r.account = k.column2 \
-                   AND r.reference = k.column3",
+                ") AS v WHERE push_refs.binding = v.column1 AND push_refs.account = v.column2 \
+                   AND push_refs.reference = v.column3",
             );
-            // binding, account, reference, push_id, hold_until
-            type Found = (String, String, String, Option<String>, Option<i64>);
-            let found: Vec<Found> = q.build_query_as().fetch_all(&mut **tx).await?;
-            let held: std::collections::HashMap<(String, String, String), HeldRef> = found
-                .into_iter()
-                .map(|(b, a, r, push_id, hold_until_ms)| {
-                    (
-                        (b, a, r),
-                        HeldRef {
-                            push_id,
-                            hold_until_ms,
-                        },
-                    )
-                })
-                .collect();
-            let mut take = Vec::with_capacity(chunk.len());
-            let mut adopt = Vec::new();
-            for (c, binding, r) in chunk {
-                let key = (binding.as_str().to_owned(), r.account.clone(), r.id.clone());
-                match rules::claim_ref(held.get(&key), c.at_ms) {
-                    RefClaim::Adopt => {
-                        adopt.push((*c, *binding, *r));
-                        if adopted_ids.insert(c.push_id.as_str()) {
-                            adopted.push((*c, *binding));
-                        }
-                    }
-                    RefClaim::Take => take.push((*c, *binding, *r)),
-                }
-            }
-            // With a fast SMSC most receipts overtake their completion, so adopting is the
-            // common case: one statement for the chunk (a statement per reference, ~80 µs each
-            // on the one writer connection, was the larger part of an SMS completion batch).
-            if !adopt.is_empty() {
-                let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                    "UPDATE push_refs SET push_id = v.column4, hold_until = NULL FROM (",
-                );
-                q.push_values(&adopt, |mut b, (c, binding, r)| {
-                    b.push_bind(binding.as_str())
-                        .push_bind(&r.account)
-                        .push_bind(&r.id)
-                        .push_bind(&c.push_id);
-                });
-                q.push(
-                    ") AS v WHERE push_refs.binding = v.column1 AND push_refs.account = v.column2 \
-                       AND push_refs.reference = v.column3",
-                );
-                q.build().execute(&mut **tx).await?;
-            }
-            if take.is_empty() {
-                continue;
-            }
+            q.build().execute(&mut **tx).await?;
+        }
+        // 8 variables per row.
+        for chunk in take.chunks(INSERT_CHUNK) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO push_refs
                      (binding, account, reference, push_id, status, detail, updated_at, hold_until) ",
             );
-            q.push_values(&take, |mut b, (c, binding, r)| {
+            q.push_values(chunk, |mut b, (c, binding, r)| {
                 b.push_bind(binding.as_str())
                     .push_bind(&r.account)
                     .push_bind(&r.id)
@@ -630,6 +657,29 @@ async fn record_refs<'c>(
         }
     }
     Ok(adopted)
+}
+
+/// Deletes the overtaking receipts of pushes their completion just delivered (still orphans).
+async fn release_found(
+    tx: &mut Transaction<'_, Sqlite>,
+    keys: &[(BindingKind, &NextHopRef)],
+) -> Result<(), StoreError> {
+    for chunk in keys.chunks(INSERT_CHUNK) {
+        // `IN (SELECT … FROM (VALUES …))`: a search of the key per row; a bare `IN (VALUES …)`
+        // of row values is planned as a scan of `push_refs`.
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "DELETE FROM push_refs WHERE push_id IS NULL AND (binding, account, reference) IN \
+                 (SELECT column1, column2, column3 FROM (",
+        );
+        q.push_values(chunk, |mut b, (binding, r)| {
+            b.push_bind(binding.as_str())
+                .push_bind(&r.account)
+                .push_bind(&r.id);
+        });
+        q.push("))");
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 fn device_from_row(r: &SqliteRow) -> Result<Device, StoreError> {
@@ -983,11 +1033,28 @@ impl Store for SqliteStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let effects: Vec<rules::CompletionEffect<'_>> =
+        let mut effects: Vec<rules::CompletionEffect<'_>> =
             batch.iter().map(rules::completion_effect).collect();
         let distinct: std::collections::HashSet<&str> =
             batch.iter().map(|c| c.push_id.as_str()).collect();
         let mut tx = self.write.begin().await?;
+        // Receipts that overtook these completions (with a fast SMSC, most do), read first: a
+        // push they deliver is written `delivered` once instead of `accepted` and then
+        // `delivered`. Not when a reference is named twice (recorded push by push below).
+        let found = if rules::refs_are_distinct(&effects) {
+            let keys: Vec<(BindingKind, &NextHopRef)> = effects
+                .iter()
+                .filter_map(|e| e.refs.as_ref())
+                .flat_map(|(binding, refs)| refs.iter().map(move |r| (*binding, *r)))
+                .collect();
+            let found = read_found(&mut tx, &keys).await?;
+            for e in &mut effects {
+                rules::settle_overtaken(e, &found);
+            }
+            Some(found)
+        } else {
+            None
+        };
         // One multi-row UPDATE per chunk (a statement per completion, at ~80 µs each on the one
         // writer connection, made completions the limit). Each row applies only while its lease
         // is still held by the completing owner.
@@ -1019,12 +1086,13 @@ impl Store for SqliteStore {
         }
         let mut events = Vec::with_capacity(batch.len());
         let mut accepted = Vec::new();
+        let mut released = Vec::new();
         for (i, (c, e)) in batch.iter().zip(&effects).enumerate() {
             if !applied.contains(&i) {
                 tracing::warn!(message = "Completion ignored: lease lost.", push_id = %c.push_id, owner = %c.owner);
                 continue;
             }
-            if let Some(ev) = &e.event {
+            for ev in e.event.iter().chain(&e.settled) {
                 events.push((
                     c.push_id.as_str(),
                     ev.at_ms,
@@ -1034,20 +1102,27 @@ impl Store for SqliteStore {
                     ev.detail.as_str(),
                 ));
             }
-            if let Some((binding, refs)) = &e.refs {
-                accepted.push((c, *binding, refs.as_slice()));
+            match (&e.refs, &e.settled) {
+                (Some((binding, refs)), Some(_)) => {
+                    released.extend(refs.iter().map(|r| (*binding, *r)));
+                }
+                (Some((binding, refs)), None) => accepted.push((c, *binding, refs.as_slice())),
+                (None, _) => {}
             }
         }
         // Events first: a push's `accepted` event precedes the event of a receipt that overtook
         // it and settles it below.
         insert_event_rows(&mut tx, &events).await?;
-        // Receipts overtook these completions (with a fast SMSC, most do). Their pushes were
-        // just made `accepted` by them, in this transaction: settled together.
-        let adopted: Vec<(&str, BindingKind, i64)> = record_refs(&mut tx, &accepted)
-            .await?
-            .into_iter()
-            .map(|(c, binding)| (c.push_id.as_str(), binding, c.at_ms))
-            .collect();
+        release_found(&mut tx, &released).await?;
+        // Receipts overtook these completions but did not settle them at once (a part pending
+        // or failed). Their pushes were just made `accepted`, in this transaction: settled
+        // together.
+        let adopted: Vec<(&str, BindingKind, i64)> =
+            record_refs(&mut tx, &accepted, found.as_ref())
+                .await?
+                .into_iter()
+                .map(|(c, binding)| (c.push_id.as_str(), binding, c.at_ms))
+                .collect();
         let mut held: Vec<String> = adopted.iter().map(|(id, _, _)| (*id).to_owned()).collect();
         held.sort_unstable();
         let mut rows = rules::ReceiptRows::default();

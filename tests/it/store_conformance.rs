@@ -1037,6 +1037,35 @@ async fn receipt_before_completion(s: Arc<dyn Store>) {
         states,
         [PushState::Queued, PushState::Accepted, PushState::Delivered]
     );
+    // Both events at the completion's time and attempt; the delivery names its receipt.
+    let last = r.events.last().unwrap();
+    assert_eq!(
+        (last.at_ms, last.attempt, last.binding, last.detail.as_str()),
+        (T0 + 2, 1, Some(BindingKind::Wap), "receipt: DELIVRD")
+    );
+    assert_eq!(r.events[1].at_ms, T0 + 2);
+    // The receipts were released with the push: an SMSC reusing the ids at once (inside their
+    // hold window) gives them to a new push, which must not find them answered.
+    let reuse = created(&s, push("t1")).await;
+    let c_reuse = claim_one(&s, "a", T0).await;
+    s.complete(vec![done(
+        &c_reuse,
+        "a",
+        T0 + 3,
+        Next::Accepted { refs: nhs(&refs) },
+        "2 parts, reused ids",
+    )])
+    .await
+    .unwrap();
+    assert_eq!(state_of(&s, "t1", &reuse).await, PushState::Accepted);
+    assert_eq!(
+        s.apply_receipt(&receipt(&refs[0], true, "DELIVRD"), T0 + 4)
+            .await
+            .unwrap(),
+        ReceiptEffect::Partial {
+            push_id: reuse.clone()
+        }
+    );
 
     // One early receipt of two: accepted, then finished by the second.
     let id2 = created(&s, push("t1")).await;
