@@ -109,6 +109,7 @@ impl App {
                 list_limit_max: 1000,
             },
             depth_refreshed: Arc::default(),
+            depth_refresh_every: Duration::from_secs(settings.server.queue_depth_refresh_seconds),
             webhooks: targets,
             admins: Arc::new(admins(&settings)),
             replica_id: owner.as_str().into(),

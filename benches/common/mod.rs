@@ -204,6 +204,15 @@ pub fn wait_listening(port: u16, what: &str) {
     }
 }
 
+/// The `dmpushd` that serves as the gateway under test: this build's, or the one named by
+/// `DMPUSHD_BENCH_GATEWAY` — to compare two builds in one run on the same machine (an A/B of a
+/// change, e.g. a binary built from the commit before it) while the peers (`dmpushd sim`, the
+/// receivers) stay this build's.
+pub fn gateway_bin() -> std::ffi::OsString {
+    std::env::var_os("DMPUSHD_BENCH_GATEWAY")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_dmpushd").into())
+}
+
 /// `dmpushd sim` as the SMSC (with delivery receipts), on a free port; its events are discarded.
 pub fn spawn_smsc() -> (Gateway, u16) {
     let port = free_port();
@@ -312,7 +321,12 @@ pub fn spawn_gateway(dir: &Path, name: &str, db_url: &str, o: &GatewayOptions) -
     std::fs::write(
         &path,
         format!(
+            // The benches poll /metrics many times a second for progress; a Prometheus scrapes
+            // every 15 s or so. Counting pushes per state at the benches' pace (the default
+            // refresh is 1 s) was ~12 % of PostgreSQL's CPU in the SMS run: load no deployment
+            // puts on the database being measured.
             "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_seconds = 2\n\
+             queue_depth_refresh_seconds = 15\n\
              [store]\nurl = \"{db_url}\"\n{}\
              [queue]\nreplica_id = \"{name}\"\n{}\
              [[tenants]]\nname = \"bench\"\ntoken = \"{TOKEN}\"\n{}\
@@ -339,10 +353,10 @@ pub fn spawn_gateway(dir: &Path, name: &str, db_url: &str, o: &GatewayOptions) -
     let mut cmd = match o.cpu {
         Some(cpu) => {
             let mut c = Command::new("taskset");
-            c.args(["-c", &cpu.to_string(), env!("CARGO_BIN_EXE_dmpushd")]);
+            c.args(["-c", &cpu.to_string()]).arg(gateway_bin());
             c
         }
-        None => Command::new(env!("CARGO_BIN_EXE_dmpushd")),
+        None => Command::new(gateway_bin()),
     };
     let child = cmd
         .args(["serve", "--config"])

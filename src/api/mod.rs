@@ -79,9 +79,12 @@ pub struct ApiState {
     pub metrics: Metrics,
     pub tenants: Arc<Tenants>,
     pub limits: ApiLimits,
-    /// When `dmpushd_queue_depth` was last refreshed (on scrape, at most once a second: counting
-    /// pushes per state is a scan, so it is paid per scrape, not on a timer).
+    /// When `dmpushd_queue_depth` was last refreshed (on scrape, at most once per
+    /// `depth_refresh_every`: counting pushes per state is a scan, so it is paid per scrape, not
+    /// on a timer).
     pub depth_refreshed: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// `server.queue_depth_refresh_seconds`.
+    pub depth_refresh_every: std::time::Duration,
     /// Tenants' webhook targets and the target policy (submit-time resolution, issue 11).
     pub webhooks: Arc<crate::webhook::Targets>,
     /// `[[admins]]` tokens → admin names (same SHA-256 form as tenants; disjoint from them).
@@ -248,7 +251,7 @@ async fn metrics(State(st): State<SharedState>, headers: axum::http::HeaderMap) 
     }
     let due = {
         let mut last = st.depth_refreshed.lock().unwrap_or_else(|p| p.into_inner());
-        let due = last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+        let due = last.is_none_or(|t| t.elapsed() >= st.depth_refresh_every);
         if due {
             *last = Some(Instant::now());
         }

@@ -52,6 +52,10 @@ pub struct ServerConfig {
     /// Requests handled at once; a request beyond this gets 503 with `Retry-After` at once
     /// (load shedding) instead of waiting in an unbounded queue.
     pub max_inflight_requests: usize,
+    /// Seconds between two counts of pushes per state for `dmpushd_queue_depth` (counted on a
+    /// scrape, not on a timer). The count is a scan of the pushes table: a scraper polling
+    /// faster than this reads the previous count.
+    pub queue_depth_refresh_seconds: u64,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +70,7 @@ impl Default for ServerConfig {
             request_timeout_seconds: 30,
             max_connections: 10_000,
             max_inflight_requests: 1024,
+            queue_depth_refresh_seconds: 1,
         }
     }
 }
