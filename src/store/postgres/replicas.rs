@@ -10,7 +10,7 @@
 
 use sqlx::PgPool;
 
-use crate::store::StoreError;
+use crate::store::{PushState, StoreError};
 
 /// Registers `owner` (or refreshes it) and makes claimable the leases an earlier process with
 /// the same id left: with a fixed `queue.replica_id`, a restarted replica is the only one that
@@ -74,8 +74,9 @@ pub(super) async fn stop(pool: &PgPool, owner: &str) -> Result<(), StoreError> {
 ///
 /// One state per statement, not `state = ANY($1)`: after five executions PostgreSQL may switch to
 /// a generic plan, and for the array form that plan was a sequential scan of `pushes` (0.49 s per
-/// run beside a million waiting pushes, docs/perf/scale.md); `state = $1 AND updated_at < $2` is a
-/// range scan of `pushes_purge (state, updated_at)` in the generic plan as well.
+/// run beside a million waiting pushes, docs/perf/scale.md). The state is a literal, not `$1`:
+/// `pushes_purge` is partial (final states only, migration 0009), and a generic plan can use a
+/// partial index only when the query's own text implies its predicate.
 pub(super) async fn purge(
     pool: &PgPool,
     final_states: &[&str],
@@ -88,24 +89,28 @@ pub(super) async fn purge(
         if left == 0 {
             break;
         }
+        // Spliced into the statement text: only the names of final states, never input.
+        let Some(state) = PushState::parse(state).filter(|s| s.is_final()) else {
+            continue;
+        };
         // A push with a pending webhook stays until it is sent or given up. "Pending" is written
         // NOT IN ('done', 'given_up') so that the per-push lookup uses the push index, not the
         // partial due index (outbox.rs record_run).
-        let n: i64 = sqlx::query_scalar(
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "WITH p AS ( \
                  DELETE FROM pushes WHERE id IN ( \
-                     SELECT id FROM pushes WHERE state = $1 AND updated_at < $2 \
+                     SELECT id FROM pushes WHERE state = '{state}' AND updated_at < $1 \
                      AND NOT EXISTS (SELECT 1 FROM webhook_outbox w \
                                      WHERE w.push_id = pushes.id \
                                        AND w.status NOT IN ('done', 'given_up')) \
-                     LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                     LIMIT $2 FOR UPDATE SKIP LOCKED) \
                  RETURNING id), \
              e AS (DELETE FROM push_events WHERE push_id IN (SELECT id FROM p)), \
              r AS (DELETE FROM push_refs WHERE push_id IN (SELECT id FROM p)), \
              w AS (DELETE FROM webhook_outbox WHERE push_id IN (SELECT id FROM p)) \
              SELECT count(*) FROM p",
-        )
-        .bind(*state)
+            state = state.as_str()
+        )))
         .bind(before_ms)
         .bind(i64::try_from(left).unwrap_or(i64::MAX))
         .fetch_one(pool)
