@@ -215,10 +215,11 @@ pub(crate) type FoundRefs = HashMap<RefKey, FoundRef>;
 /// all of those delivered, the push is `delivered` by the completion's own write — its
 /// `accepted` event followed by a `delivered` one, at the completion's time, with the detail
 /// [`settle`] would give — instead of being made `accepted` and settled by a second write of
-/// the same row. The outcome is the same; a push row changes state twice per SMS instead of
-/// three times (each change of a PostgreSQL row is a new tuple in every index). Anything else
-/// (a part pending, or failed: a failure may fall back, which needs the push's bindings) is left
-/// to recording and [`settle_adopted`]. Returns whether the effect changed.
+/// the same row. The outcome is the same; the push row is written twice per SMS instead of three
+/// times. Anything else (a part pending, or failed: a failure may fall back, which needs the
+/// push's bindings) is left to recording and [`settle_adopted`]. Returns whether the effect
+/// changed. SQLite applies it; PostgreSQL does not (receipts there almost never overtake, and
+/// the read it needs would be one more statement per batch: decisions/postgres.md 26).
 ///
 /// `found` must hold the rows as they are for this completion: a caller that records one
 /// reference for two completions of a batch must not use it (the first would hold the row).

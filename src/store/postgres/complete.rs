@@ -85,30 +85,12 @@ pub(super) async fn complete(
     if batch.is_empty() {
         return Ok(());
     }
-    let mut effects: Vec<CompletionEffect<'_>> =
-        batch.iter().map(rules::completion_effect).collect();
-    let distinct: HashSet<&str> = batch.iter().map(|c| c.push_id.as_str()).collect();
-    let mut tx = pool.begin().await?;
-    // Receipts that overtook these completions (with a fast SMSC, most do): their rows are read
-    // and locked first, in key order (the order receipt batches lock them), so that a push they
-    // deliver is written `delivered` once instead of `accepted` and then `delivered`.
-    let found = if rules::refs_are_distinct(&effects) {
-        let mut keys = RefCols::default();
-        for e in &effects {
-            if let Some((binding, refs)) = &e.refs {
-                for r in refs {
-                    keys.add(*binding, r, "", 0);
-                }
-            }
-        }
-        found_of(lock_refs(&mut tx, &keys).await?)?
-    } else {
-        // One reference named twice: recorded push by push below, each against fresh rows.
-        rules::FoundRefs::default()
-    };
-    for e in &mut effects {
-        rules::settle_overtaken(e, &found);
-    }
+    // No `rules::settle_overtaken` here (SQLite applies it): it needs the rows of the batch's
+    // references before the pushes are written, one more statement per batch, and here receipts
+    // almost never overtake the completion (in the SMS benchmark 0 of 68,647 completions found
+    // one, and the read cost ≈ 4 ms per batch, ~10 % of PostgreSQL's time: decisions/postgres.md
+    // 26). A receipt that does overtake is adopted and settled below, as before.
+    let effects: Vec<CompletionEffect<'_>> = batch.iter().map(rules::completion_effect).collect();
     // One UPDATE for the whole batch (a statement per completion made the completion
     // writer, not the database, the limit on deliveries per second). Each row applies only
     // while its lease is still held by the completing owner.
@@ -116,6 +98,8 @@ pub(super) async fn complete(
     for (ord, (c, e)) in batch.iter().zip(&effects).enumerate() {
         cols.add(ord, c, e);
     }
+    let distinct: HashSet<&str> = batch.iter().map(|c| c.push_id.as_str()).collect();
+    let mut tx = pool.begin().await?;
     let applied: HashSet<usize> = if distinct.len() == batch.len() {
         cols.apply(&mut tx).await?
     } else {
@@ -132,7 +116,6 @@ pub(super) async fn complete(
     let mut events = Events::default();
     let mut due_now = false;
     let mut accepted: Vec<Accepted<'_>> = Vec::new();
-    let mut released = RefCols::default();
     for (ord, (c, e)) in batch.iter().zip(&effects).enumerate() {
         if !applied.contains(&ord) {
             // The lease was lost (expired and taken over, or never held): not ours to record.
@@ -140,39 +123,21 @@ pub(super) async fn complete(
             continue;
         }
         due_now |= e.next_attempt_at.is_some();
-        events.extend(&c.push_id, e.event.iter().chain(&e.settled));
-        match (&e.refs, &e.settled) {
-            (Some((binding, refs)), Some(_)) => {
-                for r in refs {
-                    released.add(*binding, r, "", 0);
-                }
-            }
-            (Some((binding, refs)), None) => accepted.push(Accepted {
+        if let Some(ev) = &e.event {
+            events.add_row(&c.push_id, ev);
+        }
+        if let Some((binding, refs)) = &e.refs {
+            accepted.push(Accepted {
                 completion: c,
                 binding: *binding,
                 refs,
-            }),
-            (None, _) => {}
+            });
         }
     }
     // Events first: a push's `accepted` event must precede the event of a receipt that
     // overtook it and settles it below.
     events.flush(&mut tx).await?;
-    if !released.binding.is_empty() {
-        // The overtaking receipts of pushes just delivered: locked above, still orphans.
-        sqlx::query(
-            "DELETE FROM push_refs x \
-             USING UNNEST($1::text[], $2::text[], $3::text[]) AS u(b, a, r) \
-             WHERE x.binding = u.b AND x.account = u.a AND x.reference = u.r \
-               AND x.push_id IS NULL",
-        )
-        .bind(&released.binding)
-        .bind(&released.account)
-        .bind(&released.reference)
-        .execute(&mut *tx)
-        .await?;
-    }
-    due_now |= record_refs(&mut tx, &accepted, &found).await?;
+    due_now |= record_refs(&mut tx, &accepted).await?;
     if due_now {
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(WAKEUP_CHANNEL)
@@ -211,30 +176,6 @@ impl RefCols {
         self.push_id.push(push_id.to_owned());
         self.at.push(at);
     }
-
-    /// Rows in byte-wise key order (= `COLLATE "C"`): the one order in which completions and
-    /// receipt batches lock and insert references.
-    fn sort(&mut self) {
-        let mut order: Vec<usize> = (0..self.binding.len()).collect();
-        order.sort_by(|&x, &y| {
-            (self.binding[x], &self.account[x], &self.reference[x]).cmp(&(
-                self.binding[y],
-                &self.account[y],
-                &self.reference[y],
-            ))
-        });
-        let mut sorted = Self::default();
-        for i in order {
-            sorted.binding.push(self.binding[i]);
-            sorted.account.push(std::mem::take(&mut self.account[i]));
-            sorted
-                .reference
-                .push(std::mem::take(&mut self.reference[i]));
-            sorted.push_id.push(std::mem::take(&mut self.push_id[i]));
-            sorted.at.push(self.at[i]);
-        }
-        *self = sorted;
-    }
 }
 
 /// Reads and locks the existing `push_refs` rows of `keys`, in byte-wise key order: the one
@@ -244,12 +185,8 @@ async fn lock_refs(
     tx: &mut Transaction<'static, Postgres>,
     keys: &RefCols,
 ) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
-    if keys.binding.is_empty() {
-        return Ok(Vec::new());
-    }
     Ok(sqlx::query(
-        "SELECT binding, account, reference, push_id, hold_until, status, detail, updated_at \
-         FROM push_refs \
+        "SELECT binding, account, reference, push_id, hold_until FROM push_refs \
          WHERE (binding, account, reference) IN \
              (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])) \
          ORDER BY binding COLLATE \"C\", account COLLATE \"C\", reference COLLATE \"C\" FOR UPDATE",
@@ -261,50 +198,16 @@ async fn lock_refs(
     .await?)
 }
 
-/// The rows of [`lock_refs`] by key (a row of a binding this build does not know is skipped:
-/// no completion names it).
-fn found_of(rows: Vec<sqlx::postgres::PgRow>) -> Result<rules::FoundRefs, StoreError> {
-    let mut found = rules::FoundRefs::with_capacity(rows.len());
-    for r in rows {
-        let Some(binding) = BindingKind::parse(r.try_get("binding")?) else {
-            continue;
-        };
-        let key = (
-            binding,
-            NextHopRef {
-                account: r.try_get("account")?,
-                id: r.try_get("reference")?,
-            },
-        );
-        found.insert(
-            key,
-            rules::FoundRef {
-                held: HeldRef {
-                    push_id: r.try_get("push_id")?,
-                    hold_until_ms: r.try_get("hold_until")?,
-                },
-                status: RefStatus::parse(r.try_get("status")?),
-                detail: r.try_get("detail")?,
-                updated_at_ms: r.try_get("updated_at")?,
-            },
-        );
-    }
-    Ok(found)
-}
-
 /// Stores the references of `Accepted` completions per [`rules::claim_ref`] and settles the
 /// pushes that adopted receipts which overtook their completion. `true` when one of them fell
 /// back (it is due now).
 ///
-/// `found` holds the rows that existed when the batch began, already locked (empty when a
-/// reference is named twice in the batch). Race-free against receipts committed by other
-/// transactions since: the other references are inserted with `ON CONFLICT DO NOTHING`
-/// (waiting for a concurrent inserter), and the rows that appeared meanwhile are locked
-/// (`FOR UPDATE`) before the rule reads them.
+/// Race-free against receipts committed by other transactions: new rows are inserted with
+/// `ON CONFLICT DO NOTHING` (waiting for a concurrent inserter), and the rows that already exist
+/// are locked (`FOR UPDATE`) before the rule reads them.
 async fn record_refs(
     tx: &mut Transaction<'static, Postgres>,
     accepted: &[Accepted<'_>],
-    found: &rules::FoundRefs,
 ) -> Result<bool, StoreError> {
     if accepted.is_empty() {
         return Ok(false);
@@ -327,82 +230,74 @@ async fn record_refs(
         // In key order, byte-wise (= `COLLATE "C"`), the order in which receipt batches lock and
         // upsert the same keys: two transactions inserting overlapping new keys in different
         // orders deadlock (seen as 1 s stalls — `deadlock_timeout` — in the SMS benchmark).
-        let mut known = RefCols::default();
-        let mut fresh = RefCols::default();
-        for a in g {
-            for r in a.refs {
-                let into = if found.contains_key(&(a.binding, (*r).clone())) {
-                    &mut known
-                } else {
-                    &mut fresh
-                };
-                into.add(a.binding, r, &a.completion.push_id, a.completion.at_ms);
-            }
+        let mut keyed: Vec<(&str, &NextHopRef, &Accepted<'_>)> = g
+            .iter()
+            .flat_map(|a| a.refs.iter().map(move |r| (a.binding.as_str(), *r, a)))
+            .collect();
+        keyed.sort_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
+        let mut all = RefCols::default();
+        for (_, r, a) in keyed {
+            all.add(a.binding, r, &a.completion.push_id, a.completion.at_ms);
         }
-        fresh.sort();
-        let inserted: HashSet<(String, String, String)> = if fresh.binding.is_empty() {
-            HashSet::new()
-        } else {
-            sqlx::query_as(
-                "INSERT INTO push_refs \
-                     (binding, account, reference, push_id, status, detail, updated_at, hold_until) \
-                 SELECT b, a, r, p, 'pending', '', t, NULL \
-                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) \
-                     AS x(b, a, r, p, t) \
-                 ON CONFLICT (binding, account, reference) DO NOTHING \
-                 RETURNING binding, account, reference",
-            )
-            .bind(&fresh.binding)
-            .bind(&fresh.account)
-            .bind(&fresh.reference)
-            .bind(&fresh.push_id)
-            .bind(&fresh.at)
-            .fetch_all(&mut **tx)
-            .await?
-            .into_iter()
-            .collect()
-        };
-        // The rows that appeared since the batch began (a receipt committed meanwhile): lock
-        // them, then decide per row like the rows found at the start.
-        let mut rest = known;
-        let mut raced = RefCols::default();
-        for i in 0..fresh.binding.len() {
-            let key = (
-                fresh.binding[i].to_owned(),
-                fresh.account[i].clone(),
-                fresh.reference[i].clone(),
-            );
-            if !inserted.contains(&key) {
-                raced.binding.push(fresh.binding[i]);
-                raced.account.push(key.1);
-                raced.reference.push(key.2);
-                raced.push_id.push(fresh.push_id[i].clone());
-                raced.at.push(fresh.at[i]);
-            }
-        }
-        if rest.binding.is_empty() && raced.binding.is_empty() {
+        let inserted: HashSet<(String, String, String)> = sqlx::query_as(
+            "INSERT INTO push_refs \
+                 (binding, account, reference, push_id, status, detail, updated_at, hold_until) \
+             SELECT b, a, r, p, 'pending', '', t, NULL \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) \
+                 AS x(b, a, r, p, t) \
+             ON CONFLICT (binding, account, reference) DO NOTHING \
+             RETURNING binding, account, reference",
+        )
+        .bind(&all.binding)
+        .bind(&all.account)
+        .bind(&all.reference)
+        .bind(&all.push_id)
+        .bind(&all.at)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect();
+        if inserted.len() == all.binding.len() {
             continue;
         }
-        let late = found_of(lock_refs(tx, &raced).await?)?;
-        rest.binding.extend(raced.binding);
-        rest.account.extend(raced.account);
-        rest.reference.extend(raced.reference);
-        rest.push_id.extend(raced.push_id);
-        rest.at.extend(raced.at);
-        let (mut adopt, mut take) = (RefCols::default(), RefCols::default());
-        for i in 0..rest.binding.len() {
-            let Some(binding) = BindingKind::parse(rest.binding[i]) else {
-                continue;
-            };
-            let key = (
-                binding,
-                NextHopRef {
-                    account: rest.account[i].clone(),
-                    id: rest.reference[i].clone(),
+        // The rows that were there: lock them, then decide per row.
+        let mut rest = RefCols::default();
+        for a in g {
+            for r in a.refs {
+                let key = (
+                    a.binding.as_str().to_owned(),
+                    r.account.clone(),
+                    r.id.clone(),
+                );
+                if !inserted.contains(&key) {
+                    rest.add(a.binding, r, &a.completion.push_id, a.completion.at_ms);
+                }
+            }
+        }
+        let rows = lock_refs(tx, &rest).await?;
+        let mut held = std::collections::HashMap::new();
+        for r in rows {
+            let key: (String, String, String) = (
+                r.try_get("binding")?,
+                r.try_get("account")?,
+                r.try_get("reference")?,
+            );
+            held.insert(
+                key,
+                HeldRef {
+                    push_id: r.try_get("push_id")?,
+                    hold_until_ms: r.try_get("hold_until")?,
                 },
             );
-            let held = late.get(&key).or_else(|| found.get(&key)).map(|f| &f.held);
-            let into = match rules::claim_ref(held, rest.at[i]) {
+        }
+        let (mut adopt, mut take) = (RefCols::default(), RefCols::default());
+        for i in 0..rest.binding.len() {
+            let key = (
+                rest.binding[i].to_owned(),
+                rest.account[i].clone(),
+                rest.reference[i].clone(),
+            );
+            let into = match rules::claim_ref(held.get(&key), rest.at[i]) {
                 RefClaim::Adopt => {
                     adopted.insert(rest.push_id[i].clone());
                     &mut adopt
@@ -415,7 +310,6 @@ async fn record_refs(
             into.push_id.push(rest.push_id[i].clone());
             into.at.push(rest.at[i]);
         }
-        take.sort();
         for (cols, sql) in [
             (
                 adopt,
@@ -450,7 +344,7 @@ async fn record_refs(
         }
     }
     // Pushes just made `accepted` by their completion (inside this transaction) that adopted
-    // overtaking receipts: settled together (with a fast SMSC most receipts overtake).
+    // overtaking receipts: settled together.
     let adopted: Vec<(&str, BindingKind, i64)> = accepted
         .iter()
         .filter(|a| adopted.contains(&a.completion.push_id))
@@ -621,13 +515,20 @@ async fn receipt_run(
     for r in receipts {
         keys.add(r.binding, &r.reference, "", now_ms);
     }
-    let mut rows = rules::ReceiptRows {
-        holders: found_of(lock_refs(tx, &keys).await?)?
-            .into_iter()
-            .map(|(key, f)| (key, f.held.push_id))
-            .collect(),
-        ..Default::default()
-    };
+    let mut rows = rules::ReceiptRows::default();
+    for r in lock_refs(tx, &keys).await? {
+        let Some(binding) = BindingKind::parse(r.try_get("binding")?) else {
+            continue;
+        };
+        let key = (
+            binding,
+            NextHopRef {
+                account: r.try_get("account")?,
+                id: r.try_get("reference")?,
+            },
+        );
+        rows.holders.insert(key, r.try_get("push_id")?);
+    }
     let mut held: Vec<String> = rows.holders.values().flatten().cloned().collect();
     held.sort_unstable();
     held.dedup();

@@ -164,12 +164,6 @@ impl Events {
         );
     }
 
-    fn extend<'e>(&mut self, push_id: &str, rows: impl IntoIterator<Item = &'e EventRow>) {
-        for e in rows {
-            self.add_row(push_id, e);
-        }
-    }
-
     async fn flush(self, tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {
         if self.push_id.is_empty() {
             return Ok(());
