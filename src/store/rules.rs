@@ -197,8 +197,8 @@ pub(crate) fn claim_ref(existing: Option<&HeldRef>, now_ms: i64) -> RefClaim {
     }
 }
 
-/// A `push_refs` row that a completion finds for one of its references (read, and on PostgreSQL
-/// locked, before the completion writes).
+/// A `push_refs` row that a completion finds for one of its references (read before the
+/// completion writes; SQLite only, see [`settle_overtaken`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct FoundRef {
     pub held: HeldRef,
