@@ -54,6 +54,14 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 /// memory (this much), and RSS stays within the scale target (docs/perf/scale.md).
 const SQLITE_WRITER_CACHE_KIB: u64 = 16 * 1024;
 
+// Bound limits are written `LIMIT ?n + 0` in the statements the writer runs again and again
+// (claims, sweeps, the webhook claim). For a bare `LIMIT ?n` SQLite reads the bound value while
+// planning and marks the statement as depending on it (`sqlite3ExprIsInteger` →
+// `sqlite3VdbeSetVarmask`); re-binding that parameter then expires the statement, and sqlx
+// re-binds (and clears the bindings) on every execution, so every claim was prepared again —
+// `sqlite3Reprepare` was ≈ 3.4 % of the gateway under accepts (docs/perf/accept.md). An
+// expression is not an integer literal, so the plan does not depend on the value.
+
 /// The TTL sweep (`expire`). `pushes_expiry` by name, in its order: the range scan stops at the
 /// first push not yet expired. Left to itself (no ANALYZE statistics) the planner took
 /// `pushes_purge` for `state IN (..)` and checked `expires_at` row by row — every waiting push,
@@ -63,7 +71,7 @@ const SQLITE_WRITER_CACHE_KIB: u64 = 16 * 1024;
 const EXPIRE_SQL: &str = "UPDATE pushes SET state = 'expired', updated_at = ?1
      WHERE id IN (SELECT id FROM pushes INDEXED BY pushes_expiry
                   WHERE state IN ('queued', 'retry_wait') AND expires_at <= ?1
-                  ORDER BY expires_at LIMIT ?2)
+                  ORDER BY expires_at LIMIT ?2 + 0)
      RETURNING id, attempts, last_binding";
 
 /// Rows per multi-row INSERT: 22 columns × 200 rows stays well under SQLite's 32,766 variables.
@@ -948,7 +956,7 @@ impl Store for SqliteStore {
         // connection makes the read and the update one consistent step.
         let stale: Vec<(String, Option<String>)> = sqlx::query_as(
             "SELECT id, lease_owner FROM pushes INDEXED BY pushes_lease
-             WHERE state = 'sending' AND lease_until <= ?1 ORDER BY lease_until LIMIT ?2",
+             WHERE state = 'sending' AND lease_until <= ?1 ORDER BY lease_until LIMIT ?2 + 0",
         )
         .bind(now_ms)
         .bind(limit as i64)
@@ -1010,7 +1018,7 @@ impl Store for SqliteStore {
                      WHERE id IN (SELECT id FROM pushes INDEXED BY pushes_due
                                   WHERE state IN ('queued', 'retry_wait') AND priority = ?5
                                     AND next_attempt_at <= ?3 AND expires_at > ?3
-                                  ORDER BY priority DESC, next_attempt_at LIMIT ?4)
+                                  ORDER BY priority DESC, next_attempt_at LIMIT ?4 + 0)
                      {CLAIM_RETURNING}"
                 )))
                 .bind(owner)
@@ -1196,7 +1204,7 @@ impl Store for SqliteStore {
                      WHERE state = ?1 AND updated_at < ?2
                        AND NOT EXISTS (SELECT 1 FROM webhook_outbox w
                                        WHERE w.push_id = pushes.id AND w.status = 'pending')
-                     LIMIT ?3",
+                     LIMIT ?3 + 0",
                 )
                 .bind(state.as_str())
                 .bind(before_ms)
@@ -1271,7 +1279,7 @@ impl Store for SqliteStore {
         let rows: Vec<(String, i64, Option<String>)> = sqlx::query_as(
             "UPDATE pushes SET state = 'unconfirmed', updated_at = ?1
              WHERE id IN (SELECT id FROM pushes INDEXED BY pushes_receipt_wait
-                          WHERE state = 'accepted' AND expires_at <= ?1 - ?2 LIMIT ?3)
+                          WHERE state = 'accepted' AND expires_at <= ?1 - ?2 LIMIT ?3 + 0)
              RETURNING id, attempts, last_binding",
         )
         .bind(now_ms)
@@ -1305,7 +1313,7 @@ impl Store for SqliteStore {
             "DELETE FROM push_refs
              WHERE (binding, account, reference) IN (
                  SELECT binding, account, reference FROM push_refs INDEXED BY push_refs_orphan
-                  WHERE push_id IS NULL AND hold_until < ?1 LIMIT ?2)
+                  WHERE push_id IS NULL AND hold_until < ?1 LIMIT ?2 + 0)
              RETURNING binding",
         )
         .bind(now_ms)

@@ -141,7 +141,7 @@ impl Outbox for SqliteStore {
                               WHERE o.status = 'pending' AND o.next_attempt_at <= ?3
                                 AND (o.lease_until IS NULL OR o.lease_until <= ?3)
                                 AND o.target NOT IN (SELECT value FROM json_each(?5))
-                              ORDER BY o.next_attempt_at LIMIT ?6) AS win
+                              ORDER BY o.next_attempt_at LIMIT ?6 + 0) AS win
                       WHERE NOT EXISTS (SELECT 1 FROM webhook_outbox e
                                          WHERE e.push_id = win.push_id AND e.status = 'pending'
                                            AND e.seq < win.seq)) AS ok
@@ -149,7 +149,7 @@ impl Outbox for SqliteStore {
                                                  FROM json_each(?8) AS b
                                                 WHERE json_extract(b.value, '$[0]') = ok.target),
                                                0)
-                  ORDER BY ok.next_attempt_at LIMIT ?4)
+                  ORDER BY ok.next_attempt_at LIMIT ?4 + 0)
              RETURNING {EVENT_COLUMNS}"
         )))
         .bind(req.owner)
