@@ -16,7 +16,8 @@
 //! through `DMPUSHD_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`), the
 //! release `dmpushd` binary started once per replica, 100 devices with an HTTPS binding to one
 //! local receiver (rustls, test CA) — or, in the `-sms` setups, a WAP binding over SMPP to
-//! `dmpushd sim`'s simulated SMSC with delivery receipts — then two phases:
+//! `dmpushd sim`'s simulated SMSC with delivery receipts (window 50, as Kannel's) — then two
+//! phases:
 //!
 //! 1. **Accepts.** `wrk` (Debian package `wrk`) posts DM messages for `--seconds`, its connections
 //!    split across the replicas (as a load balancer would). Every push carries `not_before` just

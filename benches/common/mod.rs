@@ -343,9 +343,12 @@ pub fn spawn_gateway(dir: &Path, name: &str, db_url: &str, o: &GatewayOptions) -
                 "ca_file = \"{}\"\n",
                 ca.display()
             )),
+            // Window 50: what Kannel's PPG gets in the e2e comparison (`max-pending-submits`
+            // in benches/wap_kannel/ppg.conf.in), so both meet the simulator alike.
             o.smsc.map_or(String::new(), |p| format!(
                 "[[bindings.wap.smsc]]\nname = \"sim\"\nhost = \"127.0.0.1\"\nport = {p}\n\
-                 system_id = \"bench\"\npassword = \"bench\"\nsource_addr = \"DMSERVER\"\n"
+                 system_id = \"bench\"\npassword = \"bench\"\nsource_addr = \"DMSERVER\"\n\
+                 window = 50\n"
             ))
         ),
     )
