@@ -446,9 +446,7 @@ impl Store for PgStore {
     }
 
     async fn purge(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError> {
-        let states = super::final_states();
-        let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
-        replicas::purge(&self.pool, &states, before_ms, limit).await
+        replicas::purge(&self.pool, before_ms, limit).await
     }
 
     async fn start_replica(&self, owner: &str, now_ms: i64) -> Result<u64, StoreError> {

@@ -10,7 +10,7 @@
 
 use sqlx::PgPool;
 
-use crate::store::{PushState, StoreError};
+use crate::store::{StoreError, final_states};
 
 /// Registers `owner` (or refreshes it) and makes claimable the leases an earlier process with
 /// the same id left: with a fixed `queue.replica_id`, a restarted replica is the only one that
@@ -77,22 +77,14 @@ pub(super) async fn stop(pool: &PgPool, owner: &str) -> Result<(), StoreError> {
 /// run beside a million waiting pushes, docs/perf/scale.md). The state is a literal, not `$1`:
 /// `pushes_purge` is partial (final states only, migration 0009), and a generic plan can use a
 /// partial index only when the query's own text implies its predicate.
-pub(super) async fn purge(
-    pool: &PgPool,
-    final_states: &[&str],
-    before_ms: i64,
-    limit: u32,
-) -> Result<u64, StoreError> {
+pub(super) async fn purge(pool: &PgPool, before_ms: i64, limit: u32) -> Result<u64, StoreError> {
     let mut purged = 0u64;
-    for state in final_states {
+    // Spliced into the statement text: only `PushState` names of final states, never input.
+    for state in final_states() {
         let left = u64::from(limit).saturating_sub(purged);
         if left == 0 {
             break;
         }
-        // Spliced into the statement text: only the names of final states, never input.
-        let Some(state) = PushState::parse(state).filter(|s| s.is_final()) else {
-            continue;
-        };
         // A push with a pending webhook stays until it is sent or given up. "Pending" is written
         // NOT IN ('done', 'given_up') so that the per-push lookup uses the push index, not the
         // partial due index (outbox.rs record_run).
