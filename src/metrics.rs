@@ -30,6 +30,8 @@ pub struct Metrics {
     /// Claims of a push whose lease had ended without an outcome (expired, its replica declared
     /// dead, or its process restarted): each may deliver the push a second time (DESIGN §10.1).
     pub lease_takeovers: IntCounter,
+    /// Claimed pushes written back at once because their tenant or target was busy.
+    pub claims_deferred: IntCounterVec,
     /// Final pushes deleted by retention (`store.retention_seconds`).
     pub store_purged: IntCounter,
     /// Counter handles of the per-request series, so that counting a request neither formats
@@ -210,11 +212,23 @@ impl Metrics {
             "dmpushd_lease_takeovers_total",
             "Pushes this replica claimed from a lease that ended without an outcome (a duplicate delivery is possible)",
         )?;
+        let claims_deferred = IntCounterVec::new(
+            Opts::new(
+                "dmpushd_claims_deferred_total",
+                "Claimed pushes written back to the queue because their tenant was at queue.tenant_max_inflight or their target had no free slot",
+            ),
+            &["reason"],
+        )?;
         let store_purged = IntCounter::new(
             "dmpushd_store_purged_total",
             "Final pushes deleted with their events after store.retention_seconds",
         )?;
         registry.register(Box::new(lease_takeovers.clone()))?;
+        registry.register(Box::new(claims_deferred.clone()))?;
+        // Both series from the start (a fixed set), so that a rate() sees the first increase.
+        for reason in ["tenant", "target"] {
+            claims_deferred.with_label_values(&[reason]);
+        }
         registry.register(Box::new(store_purged.clone()))?;
         registry.register(Box::new(store_seconds.clone()))?;
         registry.register(Box::new(claim_size.clone()))?;
@@ -263,6 +277,7 @@ impl Metrics {
             store_seconds,
             claim_size,
             lease_takeovers,
+            claims_deferred,
             store_purged,
             handles: Arc::default(),
             token: None,

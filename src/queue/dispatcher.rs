@@ -73,6 +73,9 @@ pub struct DispatcherConfig {
     pub per_target: usize,
     /// `queue.tenant_max_inflight`: one tenant's attempts in flight at most (DESIGN §10.3).
     pub tenant_max_inflight: usize,
+    /// The configured tenants' names: a claim takes no more pushes than they have room for
+    /// under `tenant_max_inflight` (empty: no such bound).
+    pub tenants: Vec<String>,
     pub grace: Duration,
     /// Upper bound on one attempt; a binding that hangs longer yields a transient failure.
     pub attempt_timeout: Duration,
@@ -244,8 +247,24 @@ impl Dispatcher {
                 p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 _ = shutdown.cancelled() => break,
             };
+            // Never claim more pushes than can start now. A push whose tenant is at
+            // `tenant_max_inflight` is written back at once (deferred); with one tenant (the
+            // usual deployment) and the default cap of half the workers, every other claim was
+            // written back whole — a fifth of the store's statements in the SMS benchmark
+            // (docs/PERFORMANCE.md §6, seventh pass).
+            let room = self.tenants.headroom(&self.cfg.tenants);
+            if room == 0 {
+                drop(first);
+                // Every known tenant is at its cap, so only an attempt that ends frees room.
+                tokio::select! {
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {},
+                    _ = tokio::time::sleep(self.cfg.poll) => {},
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
             let mut permits = vec![first];
-            let batch = self.cfg.claim_batch.max(1) as usize;
+            let batch = (self.cfg.claim_batch.max(1) as usize).min(room);
             while permits.len() < batch {
                 match sem.clone().try_acquire_owned() {
                     Ok(p) => permits.push(p),
@@ -324,8 +343,14 @@ impl Dispatcher {
             let mut deferred = Vec::new();
             for push in claimed {
                 match self.slots(&push) {
-                    Some(slots) => runnable.push((push, slots)),
-                    None => deferred.push(push),
+                    Ok(slots) => runnable.push((push, slots)),
+                    Err(busy) => {
+                        self.metrics
+                            .claims_deferred
+                            .with_label_values(&[busy.label()])
+                            .inc();
+                        deferred.push(push);
+                    }
                 }
             }
             {
@@ -382,18 +407,20 @@ impl Dispatcher {
         tasks
     }
 
-    /// The tenant and target slots `push` needs to run now, or `None` when either is taken. A
-    /// push that cannot reach a binding (expired, none configured) needs no target slot: its
-    /// attempt ends at once.
-    fn slots(&self, push: &Claimed) -> Option<Slots> {
-        let tenant = self.tenants.try_acquire(&push.tenant)?;
+    /// The tenant and target slots `push` needs to run now, or which of them is taken. A push
+    /// that cannot reach a binding (expired, none configured) needs no target slot: its attempt
+    /// ends at once.
+    fn slots(&self, push: &Claimed) -> Result<Slots, Busy> {
+        let tenant = self.tenants.try_acquire(&push.tenant).ok_or(Busy::Tenant)?;
         let target = match pick_binding(push, |k| self.bindings.get(k).is_some()) {
-            Ok((_, target)) if push.expires_at_ms > now_ms() => {
-                Some(self.targets.try_acquire(target_key(target))?)
-            }
+            Ok((_, target)) if push.expires_at_ms > now_ms() => Some(
+                self.targets
+                    .try_acquire(target_key(target))
+                    .ok_or(Busy::Target)?,
+            ),
             _ => None,
         };
-        Some(Slots {
+        Ok(Slots {
             _tenant: tenant,
             _target: target,
         })
@@ -971,6 +998,22 @@ const DEFER_JITTER_MS: u64 = 1000;
 /// Pause of the claim loop after a claim that deferred pushes.
 const DEFER_PAUSE: Duration = Duration::from_millis(50);
 
+/// Why a claimed push cannot start now (the label of `dmpushd_claims_deferred_total`).
+#[derive(Clone, Copy, Debug)]
+enum Busy {
+    Tenant,
+    Target,
+}
+
+impl Busy {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Tenant => "tenant",
+            Self::Target => "target",
+        }
+    }
+}
+
 /// What a running attempt holds besides its worker permit.
 struct Slots {
     _tenant: TenantSlot,
@@ -989,6 +1032,28 @@ struct TenantSlot {
 }
 
 impl TenantLimiter {
+    /// How many more attempts could start now, summed over `known` tenants (the configured
+    /// ones) and any other tenant with attempts in flight; unbounded when no tenant is known.
+    /// A push of a tenant outside `known` (dropped from the configuration, its pushes still
+    /// queued) is claimed whenever there is room at all.
+    fn headroom(&self, known: &[String]) -> usize {
+        if known.is_empty() {
+            return usize::MAX;
+        }
+        let counts = lock(&self.counts);
+        let free = |n: usize| self.limit.saturating_sub(n);
+        let configured: usize = known
+            .iter()
+            .map(|t| free(counts.get(t).copied().unwrap_or(0)))
+            .sum();
+        let others: usize = counts
+            .iter()
+            .filter(|(t, _)| !known.contains(t))
+            .map(|(_, n)| free(*n))
+            .sum();
+        configured.saturating_add(others)
+    }
+
     fn try_acquire(self: &Arc<Self>, tenant: &str) -> Option<TenantSlot> {
         let mut counts = lock(&self.counts);
         let n = counts.entry(tenant.to_owned()).or_insert(0);

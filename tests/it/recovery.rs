@@ -440,6 +440,7 @@ async fn run_dispatcher_until_final(
             },
             per_target: 4,
             tenant_max_inflight: 4,
+            tenants: Vec::new(),
             grace: Duration::from_secs(1),
             attempt_timeout: Duration::from_secs(10),
             retention: Duration::from_secs(3600),
