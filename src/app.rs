@@ -69,7 +69,7 @@ impl App {
                 },
                 per_target: q.per_target_concurrency,
                 tenant_max_inflight: q.tenant_max_inflight(),
-                tenants: tenant_names(&settings),
+                tenants: tenants.names(),
                 grace: Duration::from_secs(settings.server.shutdown_grace_seconds),
                 attempt_timeout: Duration::from_secs(300),
                 receipt_grace: Duration::from_secs(q.receipt_grace_seconds),
@@ -193,9 +193,6 @@ impl App {
     }
 }
 
-/// The tenant created for development when no `[[tenants]]` is configured.
-const DEV_TENANT: &str = "dev";
-
 fn tenants(settings: &Settings) -> Tenants {
     let mut t = Tenants::new();
     for tenant in &settings.tenants {
@@ -208,7 +205,7 @@ fn tenants(settings: &Settings) -> Tenants {
     }
     if settings.tenants.is_empty() {
         let token = format!("dev-{}", uuid::Uuid::new_v4().simple());
-        t.add_token(&token, DEV_TENANT);
+        t.add_token(&token, "dev");
         // Printed once, on purpose: with no [[tenants]] configured this is the only way in.
         tracing::warn!(
             message = "DEVELOPMENT ONLY: no [[tenants]] configured; created tenant \"dev\". Configure tenants with token_sha256 for production.",
@@ -216,15 +213,6 @@ fn tenants(settings: &Settings) -> Tenants {
         );
     }
     t
-}
-
-/// The tenants pushes can come from: the configured ones, or the development tenant `tenants`
-/// creates when none is.
-fn tenant_names(settings: &Settings) -> Vec<String> {
-    if settings.tenants.is_empty() {
-        return vec![DEV_TENANT.into()];
-    }
-    settings.tenants.iter().map(|t| t.name.clone()).collect()
 }
 
 /// `[[admins]]` tokens (never a development default: no admins, no admin API).

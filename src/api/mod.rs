@@ -70,6 +70,14 @@ impl Tenants {
     pub fn lookup(&self, token: &str) -> Option<&Arc<str>> {
         self.by_hash.get(&validate::sha256(token.as_bytes()))
     }
+
+    /// The tenants that can authenticate, each once (a tenant may have several tokens).
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.by_hash.values().map(|n| n.to_string()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
 }
 
 #[derive(Clone)]

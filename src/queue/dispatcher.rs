@@ -256,10 +256,8 @@ impl Dispatcher {
             if room == 0 {
                 drop(first);
                 // Every known tenant is at its cap, so only an attempt that ends frees room.
-                tokio::select! {
-                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {},
-                    _ = tokio::time::sleep(self.cfg.poll) => {},
-                    _ = shutdown.cancelled() => break,
+                if !attempt_ends(&mut tasks, self.cfg.poll, &shutdown).await {
+                    break;
                 }
                 continue;
             }
@@ -396,12 +394,8 @@ impl Dispatcher {
             // an attempt ends (a tenant or target slot is free again) or after a short pause:
             // this bounds how fast a backlog is cycled through while its tenant stays at its cap,
             // without leaving freed workers idle.
-            if deferred_any {
-                tokio::select! {
-                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {},
-                    _ = tokio::time::sleep(DEFER_PAUSE) => {},
-                    _ = shutdown.cancelled() => break,
-                }
+            if deferred_any && !attempt_ends(&mut tasks, DEFER_PAUSE, &shutdown).await {
+                break;
             }
         }
         tasks
@@ -860,6 +854,19 @@ impl Dispatcher {
             .with_label_values(&["receipt"])
             .inc();
         tracing::error!(message = "Receipt could not be recorded.", error = %e, reference = %r.reference);
+    }
+}
+
+/// Waits until one of `tasks` (attempts) ends or `pause` passes; `false` at shutdown.
+async fn attempt_ends(
+    tasks: &mut JoinSet<()>,
+    pause: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        Some(_) = tasks.join_next(), if !tasks.is_empty() => true,
+        _ = tokio::time::sleep(pause) => true,
+        _ = shutdown.cancelled() => false,
     }
 }
 
