@@ -282,6 +282,12 @@ pub const RECEIPT_ORPHAN_DROPPED: &str = "orphan_dropped";
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// From the connection of SQLite's hot write transactions (`store/sqlite/hot.rs`).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The thread of SQLite's hot write transactions could not start or failed.
+    #[error("SQLite writer: {0}")]
+    Writer(String),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data could not be read: {0}")]
@@ -314,10 +320,12 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Database(e) => sqlx_is_transient(e),
+            Self::Sqlite(e) => rusqlite_is_transient(e),
             Self::GroupCommit { transient, .. } => *transient,
             Self::Closed => true,
             Self::Migrate(_)
             | Self::Decode(_)
+            | Self::Writer(_)
             | Self::Url(_)
             | Self::Owned { .. }
             | Self::Lock { .. } => false,
@@ -334,6 +342,15 @@ fn sqlx_is_transient(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => database_is_transient(db.as_ref()),
         // Protocol, decode, configuration, TLS set-up, missing rows or columns: retrying the
         // same statement gives the same answer.
+        _ => false,
+    }
+}
+
+fn rusqlite_is_transient(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => {
+            sqlite_code_is_transient(i64::from(f.extended_code))
+        }
         _ => false,
     }
 }

@@ -33,16 +33,13 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::{
     AsOf, CancelResult, Claimed, Completion, Device, DeviceCache, Enqueued, NewPush, PushEvent,
     PushFilter, PushRecord, PushState, ReceiptEffect, Signature, Store, StoreError, StoreOptions,
-    assemble_as_of, final_states, from_json, parse_binding, parse_bootstrap, parse_content_type,
-    parse_state,
-    rules::{
-        self, CollapseScope, FirstByKey, HeldRef, PushView, RefClaim, RefRow, RefStatus,
-        is_same_request,
-    },
-    takeover_detail, to_json,
+    assemble_as_of, final_states, from_json, parse_binding, parse_content_type, parse_state,
+    rules::{self, CollapseScope, FirstByKey, is_same_request},
+    to_json,
 };
-use crate::domain::{BindingKind, DeviceBinding, NextHopRef, Receipt};
+use crate::domain::{BindingKind, Receipt};
 
+mod hot;
 mod outbox;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -85,6 +82,9 @@ pub async fn open(opts: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
 
 pub struct SqliteStore {
     write: SqlitePool,
+    /// Claims, completions and receipts: each transaction run whole on a thread of its own
+    /// while it holds `write`'s connection (`sqlite/hot.rs`).
+    hot: hot::HotWriter,
     read: SqlitePool,
     enqueue_tx: mpsc::Sender<(NewPush, EnqueueReply)>,
     wakeup: Arc<Notify>,
@@ -92,13 +92,29 @@ pub struct SqliteStore {
     /// Always enabled: this process is the only writer of the file, and its device writes
     /// update the cache after commit.
     devices: DeviceCache,
-    /// This process's exclusive claim on the file (`None` for an in-memory database); the
-    /// kernel releases it when the file is closed, i.e. when the store is dropped or the process
-    /// dies.
-    _owner: Option<File>,
+    /// This process's exclusive claim on the file; the kernel releases it when the file is
+    /// closed, i.e. when the store is dropped or the process dies.
+    _owner: File,
 }
 
 impl SqliteStore {
+    /// Runs one hot write transaction (`sqlite/hot.rs`) while it holds the sqlx write
+    /// connection, so that no other write runs beside it; the job releases the connection when
+    /// its transaction has ended, even if this caller stopped waiting.
+    async fn hot_tx<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let lock = self.write.acquire().await?;
+        self.hot
+            .run(move |c| {
+                let result = f(c);
+                drop(lock);
+                result
+            })
+            .await
+    }
+
     /// A push with its timeline up to event `up_to` (`i64::MAX`: all of it), as
     /// `GET /v1/pushes/{id}` shows it; with a real `up_to`, the state and time are that event's
     /// (a webhook's payload "as of" its event).
@@ -141,8 +157,15 @@ impl SqliteStore {
     pub async fn open(opts: &StoreOptions) -> Result<Self, StoreError> {
         let url = &opts.url;
         create_parent_dir(url);
+        // The hot writer opens the file by name: a second connection to an in-memory database
+        // would see a database of its own.
+        let Some(path) = db_path(url) else {
+            return Err(StoreError::Url(format!(
+                "{url} (an in-memory SQLite database is not supported: name a file)"
+            )));
+        };
         // Before anything touches the file (migrations included).
-        let owner = db_path(url).map(|p| take_ownership(&p)).transpose()?;
+        let owner = take_ownership(&path)?;
         let connect = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -154,6 +177,10 @@ impl SqliteStore {
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            // A local file's connection does not go stale; a ping per acquire would be one more
+            // hand-off to sqlx's connection thread before each write (and the hot writer acquires
+            // this connection as its lock for every transaction).
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(opts.busy_timeout_secs.max(1) * 3))
             // The one writer updates every index on `pushes` for each insert and state change;
             // with SQLite's default page cache (~2 MB) those index pages fall out of the cache
@@ -175,6 +202,7 @@ impl SqliteStore {
         if opts.auto_migrate {
             MIGRATOR.run(&write).await?;
         }
+        let hot = hot::HotWriter::open(&path, Duration::from_secs(opts.busy_timeout_secs))?;
         let read = SqlitePoolOptions::new()
             .max_connections(opts.max_connections.max(1))
             .acquire_timeout(Duration::from_secs(opts.busy_timeout_secs.max(1) * 3))
@@ -190,6 +218,7 @@ impl SqliteStore {
         ));
         Ok(Self {
             write,
+            hot,
             read,
             enqueue_tx,
             wakeup,
@@ -491,205 +520,6 @@ async fn insert_event(
     Ok(())
 }
 
-/// Applies completions whose pushes are distinct, in one statement; returns the ids of the
-/// pushes whose lease was still held by the completing owner (the others are left alone).
-async fn complete_rows(
-    tx: &mut Transaction<'_, Sqlite>,
-    rows: &[(usize, &Completion, &rules::CompletionEffect<'_>)],
-) -> Result<Vec<String>, StoreError> {
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "UPDATE pushes SET state = v.column2, next_attempt_at = COALESCE(v.column3, next_attempt_at),
-             binding_index = COALESCE(v.column4, binding_index), attempts = attempts + v.column5,
-             last_binding = COALESCE(v.column6, last_binding), updated_at = v.column7,
-             lease_owner = NULL, lease_until = NULL
-         FROM (",
-    );
-    q.push_values(rows, |mut b, (_, c, e)| {
-        b.push_bind(&c.push_id)
-            .push_bind(e.state.as_str())
-            .push_bind(e.next_attempt_at)
-            .push_bind(e.binding_index.map(i64::from))
-            .push_bind(i64::from(e.attempts_delta))
-            .push_bind(e.last_binding.map(BindingKind::as_str))
-            .push_bind(e.updated_at_ms)
-            .push_bind(&c.owner);
-    });
-    q.push(
-        ") AS v WHERE pushes.id = v.column1 AND pushes.state = 'sending'
-             AND pushes.lease_owner = v.column8
-         RETURNING id",
-    );
-    Ok(q.build_query_scalar().fetch_all(&mut **tx).await?)
-}
-
-/// The `push_refs` rows of `keys` as they are (one read per chunk; 3 variables per key).
-async fn read_found(
-    tx: &mut Transaction<'_, Sqlite>,
-    keys: &[(BindingKind, &NextHopRef)],
-) -> Result<rules::FoundRefs, StoreError> {
-    let mut found = rules::FoundRefs::new();
-    for chunk in keys.chunks(INSERT_CHUNK) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT r.binding, r.account, r.reference, r.push_id, r.hold_until, r.status,
-                 r.detail, r.updated_at FROM (",
-        );
-        q.push_values(chunk, |mut b, (binding, r)| {
-            b.push_bind(binding.as_str())
-                .push_bind(&r.account)
-                .push_bind(&r.id);
-        });
-        q.push(
-            ") AS k JOIN push_refs r ON r.binding = k.column1 AND r.account = k.column2 \
-               AND r.reference = k.column3",
-        );
-        for r in q.build().fetch_all(&mut **tx).await? {
-            let Some(binding) = BindingKind::parse(&r.try_get::<String, _>("binding")?) else {
-                continue;
-            };
-            found.insert(
-                (
-                    binding,
-                    NextHopRef {
-                        account: r.try_get("account")?,
-                        id: r.try_get("reference")?,
-                    },
-                ),
-                rules::FoundRef {
-                    held: HeldRef {
-                        push_id: r.try_get("push_id")?,
-                        hold_until_ms: r.try_get("hold_until")?,
-                    },
-                    status: RefStatus::parse(&r.try_get::<String, _>("status")?),
-                    detail: r.try_get("detail")?,
-                    updated_at_ms: r.try_get("updated_at")?,
-                },
-            );
-        }
-    }
-    Ok(found)
-}
-
-/// An applied `Accepted` completion, its binding and the references it names.
-type AcceptedRefs<'a, 'c> = (&'c Completion, BindingKind, &'a [&'a NextHopRef]);
-
-/// Records the references of `Accepted` completions per [`rules::claim_ref`]: one update for
-/// the overtaking receipts it adopts and one upsert for the references taken afresh (per
-/// chunk), decided against `found` — the rows read when the batch began, or `None` when a
-/// reference is named twice in the batch: then push by push, in order, each against a fresh
-/// read, so that the later push takes the id from the earlier one. Returns the completions that
-/// adopted a receipt (their pushes must be settled now).
-async fn record_refs<'a, 'c>(
-    tx: &mut Transaction<'_, Sqlite>,
-    accepted: &[AcceptedRefs<'a, 'c>],
-    found: Option<&rules::FoundRefs>,
-) -> Result<Vec<(&'c Completion, BindingKind)>, StoreError> {
-    let mut adopted = Vec::new();
-    let mut adopted_ids = std::collections::HashSet::new();
-    let groups: Vec<&[AcceptedRefs<'a, 'c>]> = if found.is_some() {
-        vec![accepted]
-    } else {
-        accepted.chunks(1).collect()
-    };
-    // (completion, binding, reference) per row.
-    type Row<'a, 'c> = (&'c Completion, BindingKind, &'a NextHopRef);
-    for g in groups {
-        let all: Vec<Row<'_, 'c>> = g
-            .iter()
-            .flat_map(|(c, binding, refs)| refs.iter().map(move |r| (*c, *binding, *r)))
-            .collect();
-        let read;
-        let found = match found {
-            Some(f) => f,
-            None => {
-                let keys: Vec<(BindingKind, &NextHopRef)> =
-                    all.iter().map(|(_, b, r)| (*b, *r)).collect();
-                read = read_found(tx, &keys).await?;
-                &read
-            }
-        };
-        let mut take = Vec::with_capacity(all.len());
-        let mut adopt = Vec::new();
-        for (c, binding, r) in &all {
-            let held = found.get(&(*binding, (*r).clone())).map(|f| &f.held);
-            match rules::claim_ref(held, c.at_ms) {
-                RefClaim::Adopt => {
-                    adopt.push((*c, *binding, *r));
-                    if adopted_ids.insert(c.push_id.as_str()) {
-                        adopted.push((*c, *binding));
-                    }
-                }
-                RefClaim::Take => take.push((*c, *binding, *r)),
-            }
-        }
-        // With a fast SMSC most receipts overtake their completion, so adopting is common: one
-        // statement per chunk (a statement per reference, ~80 µs each on the one writer
-        // connection, was the larger part of an SMS completion batch). 4 variables per row.
-        for chunk in adopt.chunks(INSERT_CHUNK) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "UPDATE push_refs SET push_id = v.column4, hold_until = NULL FROM (",
-            );
-            q.push_values(chunk, |mut b, (c, binding, r)| {
-                b.push_bind(binding.as_str())
-                    .push_bind(&r.account)
-                    .push_bind(&r.id)
-                    .push_bind(&c.push_id);
-            });
-            q.push(
-                ") AS v WHERE push_refs.binding = v.column1 AND push_refs.account = v.column2 \
-                   AND push_refs.reference = v.column3",
-            );
-            q.build().execute(&mut **tx).await?;
-        }
-        // 8 variables per row.
-        for chunk in take.chunks(INSERT_CHUNK) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO push_refs
-                     (binding, account, reference, push_id, status, detail, updated_at, hold_until) ",
-            );
-            q.push_values(chunk, |mut b, (c, binding, r)| {
-                b.push_bind(binding.as_str())
-                    .push_bind(&r.account)
-                    .push_bind(&r.id)
-                    .push_bind(&c.push_id)
-                    .push_bind("pending")
-                    .push_bind("")
-                    .push_bind(c.at_ms)
-                    .push_bind(None::<i64>);
-            });
-            q.push(
-                " ON CONFLICT (binding, account, reference) DO UPDATE SET
-                     push_id = excluded.push_id, status = 'pending', detail = '',
-                     updated_at = excluded.updated_at, hold_until = NULL",
-            );
-            q.build().execute(&mut **tx).await?;
-        }
-    }
-    Ok(adopted)
-}
-
-/// Deletes the overtaking receipts of pushes their completion just delivered (still orphans).
-async fn release_found(
-    tx: &mut Transaction<'_, Sqlite>,
-    keys: &[(BindingKind, &NextHopRef)],
-) -> Result<(), StoreError> {
-    for chunk in keys.chunks(INSERT_CHUNK) {
-        // `IN (SELECT … FROM (VALUES …))`: a search of the key per row; a bare `IN (VALUES …)`
-        // of row values is planned as a scan of `push_refs`.
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "DELETE FROM push_refs WHERE push_id IS NULL AND (binding, account, reference) IN \
-                 (SELECT column1, column2, column3 FROM (",
-        );
-        q.push_values(chunk, |mut b, (binding, r)| {
-            b.push_bind(binding.as_str())
-                .push_bind(&r.account)
-                .push_bind(&r.id);
-        });
-        q.push("))");
-        q.build().execute(&mut **tx).await?;
-    }
-    Ok(())
-}
-
 fn device_from_row(r: &SqliteRow) -> Result<Device, StoreError> {
     let dm: Option<String> = r.try_get("dm")?;
     Ok(Device {
@@ -728,31 +558,6 @@ fn push_from_row(r: &SqliteRow) -> Result<PushRecord, StoreError> {
         events: Vec::new(),
     })
 }
-
-fn claimed_from_row(r: &SqliteRow) -> Result<Claimed, StoreError> {
-    Ok(Claimed {
-        id: r.try_get("id")?,
-        tenant: r.try_get("tenant")?,
-        device_id: r.try_get("device_id")?,
-        bindings: from_json(&r.try_get::<String, _>("bindings")?, "push bindings")?,
-        binding_choice: parse_binding(r.try_get("binding_choice")?, "binding_choice")?,
-        binding_index: r.try_get::<i64, _>("binding_index")? as u32,
-        content_type: parse_content_type(&r.try_get::<String, _>("content_type")?)?,
-        body: r.try_get("body")?,
-        attempt: r.try_get::<i64, _>("attempts")? as u32,
-        max_attempts: r.try_get::<i64, _>("max_attempts")? as u32,
-        created_at_ms: r.try_get("created_at")?,
-        expires_at_ms: r.try_get("expires_at")?,
-        callback_url: r.try_get("callback_url")?,
-        bootstrap: parse_bootstrap(r.try_get("bootstrap")?)?,
-        taken_over_from: None,
-    })
-}
-
-const CLAIM_RETURNING: &str =
-    "RETURNING id, tenant, device_id, bindings, binding_choice, binding_index,
-    content_type, body, attempts, max_attempts, created_at, expires_at, callback_url,
-    bootstrap";
 
 /// Final pushes per purge statement: bounded by SQLite's bound-variable limit for the IN lists.
 const PURGE_CHUNK: u32 = 2_000;
@@ -950,196 +755,16 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<Claimed>, StoreError> {
         let until = now_ms + lease.as_millis() as i64;
-        let mut tx = self.write.begin().await?;
-        // Takeover first: a crashed worker's pushes are older than anything newly due. The
-        // previous owners are read first (RETURNING shows only new values); the single writer
-        // connection makes the read and the update one consistent step.
-        let stale: Vec<(String, Option<String>)> = sqlx::query_as(
-            "SELECT id, lease_owner FROM pushes INDEXED BY pushes_lease
-             WHERE state = 'sending' AND lease_until <= ?1 ORDER BY lease_until LIMIT ?2 + 0",
-        )
-        .bind(now_ms)
-        .bind(limit as i64)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut rows = Vec::with_capacity(limit as usize);
-        let mut previous = std::collections::HashMap::with_capacity(stale.len());
-        if !stale.is_empty() {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE pushes SET lease_owner = ");
-            q.push_bind(owner)
-                .push(", lease_until = ")
-                .push_bind(until)
-                .push(", attempts = attempts + 1, updated_at = ")
-                .push_bind(now_ms)
-                .push(" WHERE id IN (");
-            let mut sep = q.separated(", ");
-            for (id, _) in &stale {
-                sep.push_bind(id);
-            }
-            q.push(") ").push(CLAIM_RETURNING);
-            rows = q.build().fetch_all(&mut *tx).await?;
-            previous = stale.into_iter().collect();
-        }
-        let mut claimed = Vec::with_capacity(limit as usize);
-        for r in &rows {
-            let mut c = claimed_from_row(r)?;
-            let was = previous
-                .remove(&c.id)
-                .flatten()
-                .unwrap_or_else(|| "an unknown owner".into());
-            let detail = takeover_detail(&was, c.attempt.saturating_sub(1), owner);
-            insert_event(
-                &mut tx,
-                &c.id,
-                now_ms,
-                PushState::Sending,
-                None,
-                c.attempt,
-                &detail,
-            )
-            .await?;
-            c.taken_over_from = Some(was);
-            claimed.push(c);
-        }
-        rows.clear();
-        // Due pushes, high priority first. One range scan per priority level (the API knows
-        // 1 = high and 0 = normal): with the level fixed, the `pushes_due` index yields rows in
-        // `next_attempt_at` order and the scan stops at the first one not yet due — instead of
-        // walking every waiting push (e.g. a million scheduled for tomorrow) on each claim.
-        for priority in [1i64, 0] {
-            let left = limit as i64 - (claimed.len() + rows.len()) as i64;
-            if left <= 0 {
-                break;
-            }
-            rows.extend(
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE pushes SET state = 'sending', lease_owner = ?1, lease_until = ?2,
-                         attempts = attempts + 1, updated_at = ?3
-                     WHERE id IN (SELECT id FROM pushes INDEXED BY pushes_due
-                                  WHERE state IN ('queued', 'retry_wait') AND priority = ?5
-                                    AND next_attempt_at <= ?3 AND expires_at > ?3
-                                  ORDER BY priority DESC, next_attempt_at LIMIT ?4 + 0)
-                     {CLAIM_RETURNING}"
-                )))
-                .bind(owner)
-                .bind(until)
-                .bind(now_ms)
-                .bind(left)
-                .bind(priority)
-                .fetch_all(&mut *tx)
-                .await?,
-            );
-        }
-        tx.commit().await?;
-        for r in &rows {
-            claimed.push(claimed_from_row(r)?);
-        }
-        Ok(claimed)
+        let owner = owner.to_owned();
+        self.hot_tx(move |c| hot::claim(c, &owner, now_ms, until, limit))
+            .await
     }
 
     async fn complete(&self, batch: Vec<Completion>) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut effects: Vec<rules::CompletionEffect<'_>> =
-            batch.iter().map(rules::completion_effect).collect();
-        let distinct: std::collections::HashSet<&str> =
-            batch.iter().map(|c| c.push_id.as_str()).collect();
-        let mut tx = self.write.begin().await?;
-        // Receipts that overtook these completions (with a fast SMSC, most do), read first: a
-        // push they deliver is written `delivered` once instead of `accepted` and then
-        // `delivered`. Not when a reference is named twice (recorded push by push below).
-        let found = if rules::refs_are_distinct(&effects) {
-            let keys: Vec<(BindingKind, &NextHopRef)> = effects
-                .iter()
-                .filter_map(|e| e.refs.as_ref())
-                .flat_map(|(binding, refs)| refs.iter().map(move |r| (*binding, *r)))
-                .collect();
-            let found = read_found(&mut tx, &keys).await?;
-            for e in &mut effects {
-                rules::settle_overtaken(e, &found);
-            }
-            Some(found)
-        } else {
-            None
-        };
-        // One multi-row UPDATE per chunk (a statement per completion, at ~80 µs each on the one
-        // writer connection, made completions the limit). Each row applies only while its lease
-        // is still held by the completing owner.
-        let mut applied = std::collections::HashSet::new();
-        if distinct.len() == batch.len() {
-            let all: Vec<(usize, &Completion, &rules::CompletionEffect<'_>)> = batch
-                .iter()
-                .zip(&effects)
-                .enumerate()
-                .map(|(i, (c, e))| (i, c, e))
-                .collect();
-            let ord: std::collections::HashMap<&str, usize> = all
-                .iter()
-                .map(|(i, c, _)| (c.push_id.as_str(), *i))
-                .collect();
-            for chunk in all.chunks(INSERT_CHUNK) {
-                for id in complete_rows(&mut tx, chunk).await? {
-                    applied.extend(ord.get(id.as_str()).copied());
-                }
-            }
-        } else {
-            // The same push twice in one batch: in order, one statement each, so that the
-            // second sees the first's effect.
-            for (i, (c, e)) in batch.iter().zip(&effects).enumerate() {
-                if !complete_rows(&mut tx, &[(i, c, e)]).await?.is_empty() {
-                    applied.insert(i);
-                }
-            }
-        }
-        let mut events = Vec::with_capacity(batch.len());
-        let mut accepted = Vec::new();
-        let mut released = Vec::new();
-        for (i, (c, e)) in batch.iter().zip(&effects).enumerate() {
-            if !applied.contains(&i) {
-                tracing::warn!(message = "Completion ignored: lease lost.", push_id = %c.push_id, owner = %c.owner);
-                continue;
-            }
-            for ev in e.event.iter().chain(&e.settled) {
-                events.push((
-                    c.push_id.as_str(),
-                    ev.at_ms,
-                    ev.state,
-                    ev.binding,
-                    ev.attempt,
-                    ev.detail.as_str(),
-                ));
-            }
-            match (&e.refs, &e.settled) {
-                (Some((binding, refs)), Some(_)) => {
-                    released.extend(refs.iter().map(|r| (*binding, *r)));
-                }
-                (Some((binding, refs)), None) => accepted.push((c, *binding, refs.as_slice())),
-                (None, _) => {}
-            }
-        }
-        // Events first: a push's `accepted` event precedes the event of a receipt that overtook
-        // it and settles it below.
-        insert_event_rows(&mut tx, &events).await?;
-        release_found(&mut tx, &released).await?;
-        // Receipts overtook these completions but did not settle them at once (a part pending
-        // or failed). Their pushes were just made `accepted`, in this transaction: settled
-        // together.
-        let adopted: Vec<(&str, BindingKind, i64)> =
-            record_refs(&mut tx, &accepted, found.as_ref())
-                .await?
-                .into_iter()
-                .map(|(c, binding)| (c.push_id.as_str(), binding, c.at_ms))
-                .collect();
-        let mut held: Vec<String> = adopted.iter().map(|(id, _, _)| (*id).to_owned()).collect();
-        held.sort_unstable();
-        let mut rows = rules::ReceiptRows::default();
-        read_held(&mut tx, &held, &mut rows).await?;
-        let settled = rules::settle_adopted(&adopted, &rows);
-        write_settled(&mut tx, &settled).await?;
-        let fell_back = settled.iter().any(|s| s.fallback_to.is_some());
-        tx.commit().await?;
-        if fell_back {
+        if self.hot_tx(move |c| hot::complete(c, &batch)).await? {
             self.wakeup.notify_one();
         }
         Ok(())
@@ -1259,12 +884,10 @@ impl Store for SqliteStore {
         receipts: &[Receipt],
         now_ms: i64,
     ) -> Result<Vec<ReceiptEffect>, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let mut effects = Vec::with_capacity(receipts.len());
-        for run in rules::runs_of_distinct_refs(receipts, RECEIPT_RUN) {
-            effects.extend(receipt_run(&mut tx, run, now_ms).await?);
-        }
-        tx.commit().await?;
+        let receipts = receipts.to_vec();
+        let effects = self
+            .hot_tx(move |c| hot::apply_receipts(c, &receipts, now_ms))
+            .await?;
         if effects
             .iter()
             .any(|e| matches!(e, ReceiptEffect::FellBack { .. }))
@@ -1354,204 +977,6 @@ impl Store for SqliteStore {
     fn outbox(&self) -> Option<&dyn super::outbox::Outbox> {
         Some(self)
     }
-}
-
-/// Receipts per run: at most this many (7 variables per receipt in the upsert stays far below
-/// SQLite's 32,766), and no reference twice ([`rules::runs_of_distinct_refs`]).
-const RECEIPT_RUN: usize = 1_000;
-
-/// One run of receipts with distinct references inside the caller's transaction: the rows read
-/// once (references, their pushes, all their references), decided by
-/// [`rules::plan_receipts`], and written with one statement per kind of change — instead of an
-/// upsert, two reads and up to three writes per receipt on the single writer connection.
-async fn receipt_run(
-    tx: &mut Transaction<'static, Sqlite>,
-    receipts: &[Receipt],
-    now_ms: i64,
-) -> Result<Vec<ReceiptEffect>, StoreError> {
-    let mut rows = rules::ReceiptRows::default();
-    let mut q: QueryBuilder<Sqlite> =
-        QueryBuilder::new("SELECT r.binding, r.account, r.reference, r.push_id FROM (");
-    q.push_values(receipts, |mut b, r| {
-        b.push_bind(r.binding.as_str())
-            .push_bind(&r.reference.account)
-            .push_bind(&r.reference.id);
-    });
-    q.push(
-        ") AS k JOIN push_refs r ON r.binding = k.column1 AND r.account = k.column2 \
-           AND r.reference = k.column3",
-    );
-    let found: Vec<(String, String, String, Option<String>)> =
-        q.build_query_as().fetch_all(&mut **tx).await?;
-    for (binding, account, id, push_id) in found {
-        if let Some(binding) = BindingKind::parse(&binding) {
-            rows.holders
-                .insert((binding, NextHopRef { account, id }), push_id);
-        }
-    }
-    let mut held: Vec<String> = rows.holders.values().flatten().cloned().collect();
-    held.sort_unstable();
-    held.dedup();
-    read_held(tx, &held, &mut rows).await?;
-    let plan = rules::plan_receipts(receipts, rows, now_ms);
-    write_settled(tx, &plan.settled).await?;
-    if !plan.upserts.is_empty() {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO push_refs \
-                 (binding, account, reference, push_id, status, detail, updated_at, hold_until) ",
-        );
-        q.push_values(&plan.upserts, |mut b, (i, _)| {
-            let r = &receipts[*i];
-            let hold = i64::try_from(r.hold.as_millis()).unwrap_or(i64::MAX);
-            b.push_bind(r.binding.as_str())
-                .push_bind(&r.reference.account)
-                .push_bind(&r.reference.id)
-                .push_bind(None::<String>)
-                .push_bind(RefStatus::of_receipt(r.delivered).as_str())
-                .push_bind(&r.detail)
-                .push_bind(now_ms)
-                .push_bind(now_ms.saturating_add(hold));
-        });
-        q.push(
-            " ON CONFLICT (binding, account, reference) DO UPDATE SET status = excluded.status, \
-               detail = excluded.detail, updated_at = excluded.updated_at",
-        );
-        q.build().execute(&mut **tx).await?;
-    }
-    Ok(plan.effects)
-}
-
-/// Reads the pushes `held` and all their references into `rows`.
-async fn read_held(
-    tx: &mut Transaction<'_, Sqlite>,
-    held: &[String],
-    rows: &mut rules::ReceiptRows,
-) -> Result<(), StoreError> {
-    if held.is_empty() {
-        return Ok(());
-    }
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "SELECT id, state, attempts, binding_choice, binding_index, bindings, expires_at \
-         FROM pushes WHERE id IN (",
-    );
-    let mut sep = q.separated(", ");
-    for id in held {
-        sep.push_bind(id);
-    }
-    q.push(")");
-    let pushes = q.build().fetch_all(&mut **tx).await?;
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "SELECT push_id, account, reference, status, detail, updated_at FROM push_refs \
-         WHERE push_id IN (",
-    );
-    let mut sep = q.separated(", ");
-    for id in held {
-        sep.push_bind(id);
-    }
-    q.push(")");
-    let refs: Vec<(String, String, String, String, String, i64)> =
-        q.build_query_as().fetch_all(&mut **tx).await?;
-    for r in pushes {
-        let bindings: Vec<DeviceBinding> =
-            from_json(&r.try_get::<String, _>("bindings")?, "push bindings")?;
-        let push = rules::HeldPush {
-            view: PushView {
-                state: parse_state(&r.try_get::<String, _>("state")?)?,
-                binding_choice: parse_binding(r.try_get("binding_choice")?, "binding_choice")?,
-                binding_index: u32::try_from(r.try_get::<i64, _>("binding_index")?).unwrap_or(0),
-                bindings: bindings.iter().map(DeviceBinding::kind).collect(),
-                expires_at_ms: r.try_get("expires_at")?,
-            },
-            attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
-        };
-        rows.pushes.insert(r.try_get("id")?, push);
-    }
-    for (push_id, account, id, status, detail, updated_at_ms) in refs {
-        rows.refs.entry(push_id).or_default().push(RefRow {
-            reference: NextHopRef { account, id },
-            status: RefStatus::parse(&status),
-            detail,
-            updated_at_ms,
-        });
-    }
-    Ok(())
-}
-
-/// The state changes and events of settled pushes, and the release of their references: one
-/// statement each.
-async fn write_settled(
-    tx: &mut Transaction<'_, Sqlite>,
-    settled: &[rules::SettledPush],
-) -> Result<(), StoreError> {
-    if settled.is_empty() {
-        return Ok(());
-    }
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "UPDATE pushes SET state = v.column2, updated_at = v.column3, \
-             binding_index = COALESCE(v.column4, binding_index), \
-             next_attempt_at = COALESCE(v.column5, next_attempt_at) FROM (",
-    );
-    q.push_values(settled, |mut b, s| {
-        let index = s.fallback_to.map(i64::from);
-        b.push_bind(&s.push_id)
-            .push_bind(s.state.as_str())
-            .push_bind(s.at_ms)
-            .push_bind(index)
-            // A fallback goes on at once with the next binding.
-            .push_bind(index.map(|_| s.at_ms));
-    });
-    q.push(") AS v WHERE pushes.id = v.column1");
-    q.build().execute(&mut **tx).await?;
-    let events: Vec<_> = settled
-        .iter()
-        .map(|s| {
-            (
-                s.push_id.as_str(),
-                s.at_ms,
-                s.state,
-                Some(s.binding),
-                s.attempts,
-                s.detail.as_str(),
-            )
-        })
-        .collect();
-    insert_event_rows(tx, &events).await?;
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM push_refs WHERE push_id IN (");
-    let mut sep = q.separated(", ");
-    for s in settled {
-        sep.push_bind(&s.push_id);
-    }
-    q.push(")");
-    q.build().execute(&mut **tx).await?;
-    Ok(())
-}
-
-/// An event row: push id, time, state, binding, attempt, detail.
-type EventValues<'a> = (&'a str, i64, PushState, Option<BindingKind>, u32, &'a str);
-
-/// Event rows in one multi-row insert per chunk.
-async fn insert_event_rows(
-    tx: &mut Transaction<'_, Sqlite>,
-    events: &[EventValues<'_>],
-) -> Result<(), StoreError> {
-    for chunk in events.chunks(INSERT_CHUNK) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO push_events (push_id, at, state, binding, attempt, detail) ",
-        );
-        q.push_values(
-            chunk,
-            |mut b, (push_id, at_ms, state, binding, attempt, detail)| {
-                b.push_bind(*push_id)
-                    .push_bind(*at_ms)
-                    .push_bind(state.as_str())
-                    .push_bind(binding.map(BindingKind::as_str))
-                    .push_bind(i64::from(*attempt))
-                    .push_bind(*detail);
-            },
-        );
-        q.build().execute(&mut **tx).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
