@@ -120,6 +120,7 @@ async fn record_run(
 #[async_trait::async_trait]
 impl Outbox for SqliteStore {
     async fn claim_webhooks(&self, req: &ClaimRequest<'_>) -> Result<Vec<OutboxEvent>, StoreError> {
+        let _write = self.write_lock.lock().await;
         // A bounded window of the due index (rows of full targets skipped, not counted); the
         // per-push order and the per-target budget apply to the window only, so a claim costs
         // the same however many events wait (docs/perf/webhooks.md). Per target: no more rows
@@ -172,6 +173,7 @@ impl Outbox for SqliteStore {
     }
 
     async fn release_webhooks(&self, owner: &str, ids: &[String]) -> Result<(), StoreError> {
+        let _write = self.write_lock.lock().await;
         if ids.is_empty() {
             return Ok(());
         }
@@ -191,6 +193,7 @@ impl Outbox for SqliteStore {
         &self,
         recs: &[AttemptRecord],
     ) -> Result<Vec<bool>, StoreError> {
+        let _write = self.write_lock.lock().await;
         let mut recorded = vec![false; recs.len()];
         let mut tx = self.write.begin().await?;
         for run in distinct_runs(recs) {
@@ -208,6 +211,7 @@ impl Outbox for SqliteStore {
         push_id: &str,
         now_ms: i64,
     ) -> Result<Option<u64>, StoreError> {
+        let _write = self.write_lock.lock().await;
         let mut tx = self.write.begin().await?;
         let state: Option<String> =
             sqlx::query_scalar("SELECT state FROM pushes WHERE tenant = ? AND id = ?")
