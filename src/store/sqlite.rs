@@ -32,9 +32,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{
     AsOf, CancelResult, Claimed, Completion, Device, DeviceCache, Enqueued, NewPush, PushEvent,
-    PushFilter, PushRecord, PushState, ReceiptEffect, Signature, Store, StoreError, StoreOptions,
-    assemble_as_of, final_states, from_json, parse_binding, parse_content_type, parse_state,
-    rules::{self, CollapseScope, FirstByKey, is_same_request},
+    PushFilter, PushRecord, PushState, ReceiptEffect, Store, StoreError, StoreOptions,
+    assemble_as_of, final_states, from_json, parse_binding, parse_content_type, parse_state, rules,
     to_json,
 };
 use crate::domain::{BindingKind, Receipt};
@@ -70,9 +69,6 @@ const EXPIRE_SQL: &str = "UPDATE pushes SET state = 'expired', updated_at = ?1
                   WHERE state IN ('queued', 'retry_wait') AND expires_at <= ?1
                   ORDER BY expires_at LIMIT ?2 + 0)
      RETURNING id, attempts, last_binding";
-
-/// Rows per multi-row INSERT: 22 columns × 200 rows stays well under SQLite's 32,766 variables.
-const INSERT_CHUNK: usize = 200;
 
 type EnqueueReply = oneshot::Sender<Result<Enqueued, StoreError>>;
 
@@ -205,8 +201,7 @@ impl SqliteStore {
         let wakeup = Arc::new(Notify::new());
         let (enqueue_tx, rx) = mpsc::channel(opts.max_batch.max(1) * 8);
         tokio::spawn(enqueue_writer(
-            write.clone(),
-            write_lock.clone(),
+            hot.clone(),
             rx,
             opts.max_batch.max(1),
             wakeup.clone(),
@@ -291,10 +286,10 @@ fn take_ownership(db: &Path) -> Result<File, StoreError> {
     }
 }
 
-/// The group-commit loop: one transaction per drained batch.
+/// The group-commit loop: each drained batch is one job of the hot writer (which commits it
+/// with the claims, completions and receipts waiting at the same time).
 async fn enqueue_writer(
-    pool: SqlitePool,
-    lock: Arc<tokio::sync::Mutex<()>>,
+    hot: hot::HotWriter,
     mut rx: mpsc::Receiver<(NewPush, EnqueueReply)>,
     max_batch: usize,
     wakeup: Arc<Notify>,
@@ -302,11 +297,8 @@ async fn enqueue_writer(
     let mut batch = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut batch, max_batch).await > 0 {
         let (pushes, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-        let committed = {
-            let _write = lock.lock().await;
-            commit_batch(&pool, &pushes).await
-        };
-        match committed {
+        let count = pushes.len();
+        match hot.run(move |c| hot::enqueue(c, &pushes)).await {
             Ok(results) => {
                 let created = results
                     .iter()
@@ -319,7 +311,7 @@ async fn enqueue_writer(
                 }
             }
             Err(e) => {
-                tracing::error!(message = "Group commit failed.", error = %e, batch = pushes.len());
+                tracing::error!(message = "Group commit failed.", error = %e, batch = count);
                 let (message, transient) = (e.to_string(), e.is_transient());
                 for reply in replies {
                     let _ = reply.send(Err(StoreError::GroupCommit {
@@ -330,174 +322,6 @@ async fn enqueue_writer(
             }
         }
     }
-}
-
-async fn commit_batch(pool: &SqlitePool, pushes: &[NewPush]) -> Result<Vec<Enqueued>, StoreError> {
-    let mut tx = pool.begin().await?;
-    // Per push: its answer, or the earlier push (id, request hash) holding its key.
-    enum Answer {
-        Created,
-        Earlier { id: String, hash: Option<String> },
-    }
-    let mut answers = Vec::with_capacity(pushes.len());
-    let mut first_with_key = FirstByKey::default();
-    let mut plain = Vec::with_capacity(pushes.len());
-    for (i, p) in pushes.iter().enumerate() {
-        if let Some(j) = first_with_key.earlier(i, p) {
-            // The first push of this batch with the key holds it (inserted, or itself a replay
-            // of an earlier commit).
-            answers.push(match &answers[j] {
-                Answer::Created => Answer::Earlier {
-                    id: pushes[j].id.clone(),
-                    hash: pushes[j].request_hash.clone(),
-                },
-                Answer::Earlier { id, hash } => Answer::Earlier {
-                    id: id.clone(),
-                    hash: hash.clone(),
-                },
-            });
-            continue;
-        }
-        if let Some(key) = p.idempotency_key.as_deref() {
-            let row: Option<(String, Option<String>)> = sqlx::query_as(
-                "SELECT id, request_hash FROM pushes WHERE tenant = ? AND idempotency_key = ?",
-            )
-            .bind(&p.tenant)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((id, hash)) = row {
-                answers.push(Answer::Earlier { id, hash });
-                continue;
-            }
-        }
-        if let Some(ck) = p.collapse_key.as_deref() {
-            // Insert the rows before this one first, so that an earlier push of the same batch
-            // with the same collapse key is superseded too.
-            insert_pushes(&mut tx, &plain).await?;
-            plain.clear();
-            supersede(&mut tx, p, ck).await?;
-        }
-        plain.push(p);
-        answers.push(Answer::Created);
-    }
-    insert_pushes(&mut tx, &plain).await?;
-    // Replays report the earlier push's state as this commit leaves it (after collapse).
-    let mut results = Vec::with_capacity(pushes.len());
-    for (p, a) in pushes.iter().zip(answers) {
-        results.push(match a {
-            Answer::Created => Enqueued::Created { id: p.id.clone() },
-            Answer::Earlier { id, hash } => {
-                if is_same_request(hash.as_deref(), p.request_hash.as_deref()) {
-                    let s: String = sqlx::query_scalar("SELECT state FROM pushes WHERE id = ?")
-                        .bind(&id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    Enqueued::Replayed {
-                        id,
-                        state: parse_state(&s)?,
-                    }
-                } else {
-                    Enqueued::KeyConflict { id }
-                }
-            }
-        });
-    }
-    tx.commit().await?;
-    Ok(results)
-}
-
-/// Supersedes the pending pushes that `p`'s collapse key reaches ([`rules::collapse_scope`]).
-async fn supersede(
-    tx: &mut Transaction<'_, Sqlite>,
-    p: &NewPush,
-    collapse_key: &str,
-) -> Result<(), StoreError> {
-    let (device, snapshot) = match rules::collapse_scope(p) {
-        CollapseScope::Device(d) => (Some(d), None),
-        CollapseScope::Inline(json) => (None, Some(json)),
-    };
-    let now_ms = p.created_at_ms;
-    let ids: Vec<(String, i64)> = sqlx::query_as(
-        "UPDATE pushes SET state = 'superseded', updated_at = ?1
-         WHERE tenant = ?2 AND collapse_key = ?3 AND state IN ('queued', 'retry_wait')
-           AND ((?4 IS NOT NULL AND device_id = ?4)
-                OR (?4 IS NULL AND device_id IS NULL AND bindings = ?5))
-         RETURNING id, attempts",
-    )
-    .bind(now_ms)
-    .bind(&p.tenant)
-    .bind(collapse_key)
-    .bind(device)
-    .bind(snapshot)
-    .fetch_all(&mut **tx)
-    .await?;
-    for (id, attempts) in ids {
-        insert_event(
-            tx,
-            &id,
-            now_ms,
-            PushState::Superseded,
-            None,
-            attempts as u32,
-            &format!("superseded by {}", p.id),
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-async fn insert_pushes(
-    tx: &mut Transaction<'_, Sqlite>,
-    pushes: &[&NewPush],
-) -> Result<(), StoreError> {
-    for chunk in pushes.chunks(INSERT_CHUNK) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO pushes (id, tenant, device_id, bindings, binding_choice, binding_index,
-             content_type, body, priority, state, attempts, max_attempts, created_at, updated_at,
-             not_before, expires_at, next_attempt_at, idempotency_key, request_hash, collapse_key,
-             callback_url, bootstrap) ",
-        );
-        q.push_values(chunk, |mut b, p| {
-            b.push_bind(&p.id)
-                .push_bind(&p.tenant)
-                .push_bind(&p.device_id)
-                .push_bind(to_json(&p.bindings))
-                .push_bind(p.binding_choice.map(BindingKind::as_str))
-                .push_bind(0i64)
-                .push_bind(p.content_type.as_str())
-                .push_bind(&p.body)
-                .push_bind(p.priority)
-                .push_bind(PushState::Queued.as_str())
-                .push_bind(0i64)
-                .push_bind(p.max_attempts as i64)
-                .push_bind(p.created_at_ms)
-                .push_bind(p.created_at_ms)
-                .push_bind(p.not_before_ms)
-                .push_bind(p.expires_at_ms)
-                .push_bind(p.not_before_ms)
-                .push_bind(&p.idempotency_key)
-                .push_bind(&p.request_hash)
-                .push_bind(&p.collapse_key)
-                .push_bind(&p.callback_url)
-                .push_bind(p.bootstrap.as_ref().map(Signature::to_stored));
-        });
-        q.build().execute(&mut **tx).await?;
-
-        let mut e: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO push_events (push_id, at, state, binding, attempt, detail) ",
-        );
-        e.push_values(chunk, |mut b, p| {
-            b.push_bind(&p.id)
-                .push_bind(p.created_at_ms)
-                .push_bind(PushState::Queued.as_str())
-                .push_bind(None::<&str>)
-                .push_bind(0i64)
-                .push_bind("accepted");
-        });
-        e.build().execute(&mut **tx).await?;
-    }
-    Ok(())
 }
 
 async fn insert_event(

@@ -1,5 +1,6 @@
-//! SQLite's hot write transactions — claims, completions, receipts — run whole on one thread,
-//! on a connection of its own with cached prepared statements.
+//! SQLite's hot write transactions — accepts (the group commit of `enqueue`), claims,
+//! completions, receipts — run whole on one thread, on a connection of its own with cached
+//! prepared statements.
 //!
 //! Through sqlx every statement of a transaction, and every row it returns, is a hand-off
 //! between a tokio task and sqlx's connection thread. On a busy machine each hand-off waits for
@@ -11,15 +12,16 @@
 //! push or reference twice needs no special path — rows apply in order, each seeing the last.
 //!
 //! **Group commit.** Jobs that wait while a transaction runs go into the next one together (a
-//! claim, a completion batch and a receipt batch: one commit, one fsync, instead of three), each
+//! batch of accepts, a claim, a completion batch and a receipt batch: one commit, one fsync,
+//! instead of four), each
 //! in a savepoint of its own, so that a job that fails takes back only its own writes. A job's
 //! caller hears of it only after the commit.
 //!
-//! **One writer at a time.** The other writes (accepts, cancels, sweeps, the outbox) stay on the
-//! sqlx write pool's one connection. Every write on either connection holds the store's write
+//! **One writer at a time.** The other writes (devices, cancels, lease renewals, sweeps, the
+//! outbox) stay on the sqlx write pool's one connection. Every write on either connection holds the store's write
 //! lock (`SqliteStore::write_lock`): the two never write at the same time, so neither meets
 //! `SQLITE_BUSY`, whose retry sleeps. The hot writer takes the lock before it gathers a group,
-//! so the jobs that arrive while an accept batch commits join that group.
+//! so the jobs that arrive while another write holds it join that group.
 
 use std::{collections::HashSet, path::Path, sync::Arc, sync::mpsc, time::Duration};
 
@@ -27,10 +29,13 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavio
 use tokio::sync::oneshot;
 
 use super::super::{
-    Claimed, Completion, PushState, ReceiptEffect, StoreError, from_json, parse_binding,
-    parse_bootstrap, parse_content_type, parse_state,
-    rules::{self, HeldRef, PushView, RefClaim, RefRow, RefStatus},
-    takeover_detail,
+    Claimed, Completion, Enqueued, NewPush, PushState, ReceiptEffect, Signature, StoreError,
+    from_json, parse_binding, parse_bootstrap, parse_content_type, parse_state,
+    rules::{
+        self, CollapseScope, FirstByKey, HeldRef, PushView, RefClaim, RefRow, RefStatus,
+        is_same_request,
+    },
+    takeover_detail, to_json,
 };
 use crate::domain::{BindingKind, DeviceBinding, NextHopRef, Receipt};
 
@@ -55,12 +60,14 @@ impl CommitError {
     }
 }
 
-/// Most jobs in one transaction. Claims, completion batches and receipt batches come from one
-/// task each, so a group is rarely more than three (1.5 on average in the SMS benchmark); the
-/// bound keeps a commit's latency bounded if that changes.
+/// Most jobs in one transaction. Accept batches, claims, completion batches and receipt batches
+/// come from one task each, so a group is rarely more than four; the bound keeps a commit's
+/// latency bounded if that changes.
 const MAX_GROUP: usize = 16;
 
-/// The thread that owns the hot connection; dropping this ends it (after the queued jobs).
+/// The thread that owns the hot connection; dropping every clone ends it (after the queued
+/// jobs).
+#[derive(Clone)]
 pub(super) struct HotWriter {
     jobs: mpsc::Sender<Job>,
 }
@@ -734,6 +741,148 @@ fn receipt_run(
         ))?;
     }
     Ok(plan.effects)
+}
+
+/// One group-committed batch of accepts: idempotent replays answered from the earlier push,
+/// collapse keys superseding what they reach, the rest inserted with their `queued` event.
+pub(super) fn enqueue(tx: &Connection, pushes: &[NewPush]) -> Result<Vec<Enqueued>, StoreError> {
+    // Per push: its answer, or the earlier push (id, request hash) holding its key.
+    enum Answer {
+        Created,
+        Earlier { id: String, hash: Option<String> },
+    }
+    let mut answers: Vec<Answer> = Vec::with_capacity(pushes.len());
+    let mut first_with_key = FirstByKey::default();
+    for (i, p) in pushes.iter().enumerate() {
+        if let Some(j) = first_with_key.earlier(i, p) {
+            // The first push of this batch with the key holds it (inserted, or itself a replay
+            // of an earlier commit).
+            answers.push(match &answers[j] {
+                Answer::Created => Answer::Earlier {
+                    id: pushes[j].id.clone(),
+                    hash: pushes[j].request_hash.clone(),
+                },
+                Answer::Earlier { id, hash } => Answer::Earlier {
+                    id: id.clone(),
+                    hash: hash.clone(),
+                },
+            });
+            continue;
+        }
+        if let Some(key) = p.idempotency_key.as_deref() {
+            let row: Option<(String, Option<String>)> = tx
+                .prepare_cached(
+                    "SELECT id, request_hash FROM pushes WHERE tenant = ?1 AND idempotency_key = ?2",
+                )?
+                .query_row((&p.tenant, key), |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((id, hash)) = row {
+                answers.push(Answer::Earlier { id, hash });
+                continue;
+            }
+        }
+        // In order, so that an earlier push of the same batch with the same collapse key is
+        // superseded too.
+        if let Some(ck) = p.collapse_key.as_deref() {
+            supersede(tx, p, ck)?;
+        }
+        insert_push(tx, p)?;
+        answers.push(Answer::Created);
+    }
+    // Replays report the earlier push's state as this commit leaves it (after collapse).
+    let mut state = tx.prepare_cached("SELECT state FROM pushes WHERE id = ?1")?;
+    pushes
+        .iter()
+        .zip(answers)
+        .map(|(p, a)| {
+            Ok(match a {
+                Answer::Created => Enqueued::Created { id: p.id.clone() },
+                Answer::Earlier { id, hash } => {
+                    if is_same_request(hash.as_deref(), p.request_hash.as_deref()) {
+                        let s: String = state.query_row([&id], |r| r.get(0))?;
+                        Enqueued::Replayed {
+                            id,
+                            state: parse_state(&s)?,
+                        }
+                    } else {
+                        Enqueued::KeyConflict { id }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Supersedes the pending pushes that `p`'s collapse key reaches ([`rules::collapse_scope`]).
+fn supersede(tx: &Connection, p: &NewPush, collapse_key: &str) -> Result<(), StoreError> {
+    let (device, snapshot) = match rules::collapse_scope(p) {
+        CollapseScope::Device(d) => (Some(d), None),
+        CollapseScope::Inline(json) => (None, Some(json)),
+    };
+    let now_ms = p.created_at_ms;
+    let ids: Vec<(String, i64)> = tx
+        .prepare_cached(
+            "UPDATE pushes SET state = 'superseded', updated_at = ?1
+             WHERE tenant = ?2 AND collapse_key = ?3 AND state IN ('queued', 'retry_wait')
+               AND ((?4 IS NOT NULL AND device_id = ?4)
+                    OR (?4 IS NULL AND device_id IS NULL AND bindings = ?5))
+             RETURNING id, attempts",
+        )?
+        .query_map((now_ms, &p.tenant, collapse_key, device, snapshot), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (id, attempts) in ids {
+        insert_event(
+            tx,
+            &id,
+            now_ms,
+            PushState::Superseded,
+            None,
+            attempts as u32,
+            &format!("superseded by {}", p.id),
+        )?;
+    }
+    Ok(())
+}
+
+fn insert_push(tx: &Connection, p: &NewPush) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO pushes (id, tenant, device_id, bindings, binding_choice, binding_index,
+             content_type, body, priority, state, attempts, max_attempts, created_at, updated_at,
+             not_before, expires_at, next_attempt_at, idempotency_key, request_hash, collapse_key,
+             callback_url, bootstrap)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8, 'queued', 0, ?9, ?10, ?10, ?11, ?12, ?11,
+             ?13, ?14, ?15, ?16, ?17)",
+    )?
+    .execute(rusqlite::params![
+        &p.id,
+        &p.tenant,
+        &p.device_id,
+        to_json(&p.bindings),
+        p.binding_choice.map(BindingKind::as_str),
+        p.content_type.as_str(),
+        &p.body,
+        p.priority,
+        i64::from(p.max_attempts),
+        p.created_at_ms,
+        p.not_before_ms,
+        p.expires_at_ms,
+        &p.idempotency_key,
+        &p.request_hash,
+        &p.collapse_key,
+        &p.callback_url,
+        p.bootstrap.as_ref().map(Signature::to_stored),
+    ])?;
+    insert_event(
+        tx,
+        &p.id,
+        p.created_at_ms,
+        PushState::Queued,
+        None,
+        0,
+        "accepted",
+    )
 }
 
 #[cfg(test)]
