@@ -1,10 +1,12 @@
 //! SQLite store: the zero-set-up default (one file, WAL, `synchronous=FULL`).
 //!
-//! SQLite has one writer at a time, so all writes go through a single-connection pool; reads use a
-//! separate pool (WAL lets them run beside the writer). Enqueues are group-committed: a writer task
-//! drains every request waiting on its channel into one transaction and one fsync, then answers
-//! each caller — so a `202` is durable and throughput grows with concurrency instead of being
-//! capped at one fsync per push.
+//! SQLite has one writer at a time. The writes every push makes (accepts, claims, completions,
+//! receipts) run on the hot writer's connection and thread (`sqlite/hot.rs`); the rest on a
+//! single-connection sqlx pool; every write on either holds `write_lock`. Reads use a separate
+//! pool (WAL lets them run beside the writer). Enqueues are group-committed: a task drains every
+//! request waiting on its channel into one job of the hot writer, one transaction and one fsync
+//! (shared with the other jobs waiting), then answers each caller — so a `202` is durable and
+//! throughput grows with concurrency instead of being capped at one fsync per push.
 //!
 //! **One owner process per file** (DESIGN §10.1). Opening takes an exclusive lock on
 //! `<file>.lock` (`flock`, released by the kernel when the process dies, even on `kill -9`) and
@@ -86,8 +88,8 @@ pub struct SqliteStore {
     write_lock: Arc<tokio::sync::Mutex<()>>,
     /// `store.busy_timeout_secs`: also how long readiness waits for the hot writer.
     busy_timeout: Duration,
-    /// Claims, completions and receipts: run whole on a thread of their own, those that wait
-    /// meanwhile in one transaction, while it holds `write`'s connection (`sqlite/hot.rs`).
+    /// Accepts, claims, completions and receipts: run whole on a thread of their own, those that
+    /// wait meanwhile in one transaction, under `write_lock` (`sqlite/hot.rs`).
     hot: hot::HotWriter,
     read: SqlitePool,
     enqueue_tx: mpsc::Sender<(NewPush, EnqueueReply)>,
@@ -165,8 +167,7 @@ impl SqliteStore {
             .max_connections(1)
             .min_connections(1)
             // A local file's connection does not go stale; a ping per acquire would be one more
-            // hand-off to sqlx's connection thread before each write (and the hot writer acquires
-            // this connection as its lock for every transaction).
+            // hand-off to sqlx's connection thread before each write.
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(opts.busy_timeout_secs.max(1) * 3))
             // The one writer updates every index on `pushes` for each insert and state change;
@@ -617,10 +618,10 @@ impl Store for SqliteStore {
     }
 
     async fn renew(&self, owner: &str, ids: &[String], until_ms: i64) -> Result<(), StoreError> {
-        let _write = self.write_lock.lock().await;
         if ids.is_empty() {
             return Ok(());
         }
+        let _write = self.write_lock.lock().await;
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE pushes SET lease_until = ");
         q.push_bind(until_ms)
             .push(" WHERE state = 'sending' AND lease_owner = ")

@@ -105,8 +105,9 @@ impl HotWriter {
                 let mut conn = conn;
                 while let Ok(first) = rx.recv() {
                     // The lock first, then whatever else is waiting: the jobs that arrive
-                    // while another writer (a group commit of accepts) holds the lock join
-                    // this group instead of each waiting for a turn of its own.
+                    // while a write on the sqlx connection (a sweep, a lease renewal, the
+                    // outbox) holds the lock join this group instead of each waiting for a turn
+                    // of its own.
                     let write = lock.blocking_lock();
                     let mut group = vec![first];
                     while group.len() < MAX_GROUP {
@@ -696,24 +697,15 @@ fn receipt_run(
     receipts: &[Receipt],
     now_ms: i64,
 ) -> Result<Vec<ReceiptEffect>, StoreError> {
-    let mut rows = rules::ReceiptRows::default();
-    {
-        let mut st = tx.prepare_cached(
-            "SELECT push_id FROM push_refs WHERE binding = ?1 AND account = ?2 AND reference = ?3",
-        )?;
-        for r in receipts {
-            let holder: Option<Option<String>> = st
-                .query_row(
-                    (r.binding.as_str(), &r.reference.account, &r.reference.id),
-                    |row| row.get(0),
-                )
-                .optional()?;
-            if let Some(push_id) = holder {
-                rows.holders
-                    .insert((r.binding, r.reference.clone()), push_id);
-            }
-        }
-    }
+    let keys: Vec<(BindingKind, &NextHopRef)> =
+        receipts.iter().map(|r| (r.binding, &r.reference)).collect();
+    let mut rows = rules::ReceiptRows {
+        holders: read_found(tx, &keys)?
+            .into_iter()
+            .map(|(key, found)| (key, found.held.push_id))
+            .collect(),
+        ..Default::default()
+    };
     let mut held: Vec<String> = rows.holders.values().flatten().cloned().collect();
     held.sort_unstable();
     held.dedup();

@@ -173,10 +173,10 @@ impl Outbox for SqliteStore {
     }
 
     async fn release_webhooks(&self, owner: &str, ids: &[String]) -> Result<(), StoreError> {
-        let _write = self.write_lock.lock().await;
         if ids.is_empty() {
             return Ok(());
         }
+        let _write = self.write_lock.lock().await;
         sqlx::query(
             "UPDATE webhook_outbox SET lease_owner = NULL, lease_until = NULL
              WHERE lease_owner = ?1 AND status = 'pending'
