@@ -189,10 +189,31 @@ async fn two_replicas_share_the_queue_and_survive_kill_9() {
         assert!(Instant::now() < deadline, "deliveries did not start");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Hold every delivery at the receiver until r1 is dead, so that the kill certainly finds r1
+    // with attempts in flight: with deliveries flowing freely, r1 could be between two claims
+    // at the instant of the kill and hold nothing (seen once in CI on a fast run).
+    let pool = sqlx::PgPool::connect(&pg.url).await.unwrap();
+    rx.pause();
+    // r1 holds leases on two looks 50 ms apart: attempts held at the receiver, not only a
+    // claim's deferred pushes on their way back to the queue.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut looks = 0;
+    while looks < 2 {
+        let r1_sending: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pushes WHERE state = 'sending' AND lease_owner = 'r1'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        looks = if r1_sending > 0 { looks + 1 } else { 0 };
+        assert!(Instant::now() < deadline, "r1 started no attempt");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rx.in_flight() > 0, "deliveries held at the receiver");
     replicas[0].child.kill().unwrap();
     replicas[0].child.wait().unwrap();
     let killed = Instant::now();
-    let pool = sqlx::PgPool::connect(&pg.url).await.unwrap();
+    rx.resume();
     let orphaned: Vec<String> =
         sqlx::query_scalar("SELECT id FROM pushes WHERE state = 'sending' AND lease_owner = 'r1'")
             .fetch_all(&pool)

@@ -69,6 +69,8 @@ pub struct Receiver {
     pub ca_pem: String,
     pub ca_file: PathBuf,
     shared: Arc<Mutex<Shared>>,
+    /// `true` while paused: requests wait before they are answered (or recorded).
+    gate: tokio::sync::watch::Sender<bool>,
     _dir: tempfile::TempDir,
 }
 
@@ -112,6 +114,7 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let shared: Arc<Mutex<Shared>> = Arc::default();
         let sh = shared.clone();
+        let (gate, gate_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -119,12 +122,14 @@ impl Receiver {
                 };
                 let acceptor = acceptor.clone();
                 let sh = sh.clone();
+                let gate_rx = gate_rx.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let sh = sh.clone();
+                        let mut gate_rx = gate_rx.clone();
                         async move {
                             sh.lock().unwrap().in_flight += 1;
                             let (parts, body) = req.into_parts();
@@ -133,6 +138,8 @@ impl Receiver {
                                 .await
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
+                            // Paused: hold the request (the sender's attempt stays in flight).
+                            let _ = gate_rx.wait_for(|paused| !*paused).await;
                             if !delay.is_zero() {
                                 tokio::time::sleep(delay).await;
                             }
@@ -173,8 +180,27 @@ impl Receiver {
             ca_pem,
             ca_file,
             shared,
+            gate,
             _dir: dir,
         }
+    }
+
+    /// Holds every request, arriving or waiting, until [`Receiver::resume`]: the senders'
+    /// attempts stay in flight for as long as a test needs.
+    #[allow(dead_code)] // not every includer pauses
+    pub fn pause(&self) {
+        self.gate.send_replace(true);
+    }
+
+    #[allow(dead_code)] // not every includer pauses
+    pub fn resume(&self) {
+        self.gate.send_replace(false);
+    }
+
+    /// Requests received and not answered yet (held by a pause or the delay).
+    #[allow(dead_code)] // not every includer pauses
+    pub fn in_flight(&self) -> usize {
+        self.shared.lock().unwrap().in_flight
     }
 
     pub fn url(&self, path: &str) -> String {
