@@ -13,15 +13,14 @@
 //!
 //! **Group commit.** Jobs that wait while a transaction runs go into the next one together (a
 //! batch of accepts, a claim, a completion batch and a receipt batch: one commit, one fsync,
-//! instead of four), each
-//! in a savepoint of its own, so that a job that fails takes back only its own writes. A job's
-//! caller hears of it only after the commit.
+//! instead of four), each in a savepoint of its own, so that a job that fails takes back only
+//! its own writes. A job's caller hears of it only after the commit.
 //!
 //! **One writer at a time.** The other writes (devices, cancels, lease renewals, sweeps, the
-//! outbox) stay on the sqlx write pool's one connection. Every write on either connection holds the store's write
-//! lock (`SqliteStore::write_lock`): the two never write at the same time, so neither meets
-//! `SQLITE_BUSY`, whose retry sleeps. The hot writer takes the lock before it gathers a group,
-//! so the jobs that arrive while another write holds it join that group.
+//! outbox) stay on the sqlx write pool's one connection. Every write on either connection holds
+//! the store's write lock (`SqliteStore::write_lock`): the two never write at the same time, so
+//! neither meets `SQLITE_BUSY`, whose retry sleeps. The hot writer takes the lock before it
+//! gathers a group, so the jobs that arrive while another write holds it join that group.
 
 use std::{collections::HashSet, path::Path, sync::Arc, sync::mpsc, time::Duration};
 

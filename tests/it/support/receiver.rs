@@ -187,18 +187,15 @@ impl Receiver {
 
     /// Holds every request, arriving or waiting, until [`Receiver::resume`]: the senders'
     /// attempts stay in flight for as long as a test needs.
-    #[allow(dead_code)] // not every includer pauses
     pub fn pause(&self) {
         self.gate.send_replace(true);
     }
 
-    #[allow(dead_code)] // not every includer pauses
     pub fn resume(&self) {
         self.gate.send_replace(false);
     }
 
     /// Requests received and not answered yet (held by a pause or the delay).
-    #[allow(dead_code)] // not every includer pauses
     pub fn in_flight(&self) -> usize {
         self.shared.lock().unwrap().in_flight
     }
