@@ -226,7 +226,7 @@ impl Metrics {
         registry.register(Box::new(lease_takeovers.clone()))?;
         registry.register(Box::new(claims_deferred.clone()))?;
         // Both series from the start (a fixed set), so that a rate() sees the first increase.
-        for reason in ["tenant", "target"] {
+        for reason in ["tenant", "target", "workers"] {
             claims_deferred.with_label_values(&[reason]);
         }
         registry.register(Box::new(store_purged.clone()))?;

@@ -25,7 +25,7 @@ use std::{
     panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicI64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering::Relaxed},
     },
     time::{Duration, Instant},
 };
@@ -43,7 +43,7 @@ use super::{RetryPolicy, decide, now_ms, pick_binding};
 use crate::{
     binding::{Bindings, Delivery, DeviceBinding, Outcome, Receipt},
     metrics::Metrics,
-    store::{Claimed, Completion, Next, RECEIPT_ORPHAN_DROPPED, Store},
+    store::{ClaimRoom, Claimed, Completion, Next, RECEIPT_ORPHAN_DROPPED, Store},
 };
 
 /// Most receipts applied in one store transaction.
@@ -241,6 +241,29 @@ impl Dispatcher {
         let sem = Arc::new(Semaphore::new(self.cfg.workers.max(1)));
         let mut tasks = JoinSet::new();
         let wakeup = self.store.wakeup();
+        // The limit of the claim, computed by the store when the claim runs (`claim_room`):
+        // `claim_batch`, the free workers (the permit held for the claim counts) and the room
+        // under the tenants' caps. Only this loop takes workers and tenant slots, so what a
+        // claim was sized for is still free when it returns.
+        let asked = Arc::new(AtomicU32::new(0));
+        let room: ClaimRoom = {
+            let (tenants, known, sem, asked) = (
+                self.tenants.clone(),
+                Arc::<[String]>::from(self.cfg.tenants.as_slice()),
+                sem.clone(),
+                asked.clone(),
+            );
+            let batch = self.cfg.claim_batch.max(1) as usize;
+            Arc::new(move || {
+                let n = batch
+                    .min(tenants.headroom(&known))
+                    .min(sem.available_permits().saturating_add(1))
+                    .max(1);
+                let n = u32::try_from(n).unwrap_or(u32::MAX);
+                asked.store(n, Relaxed);
+                n
+            })
+        };
         loop {
             while tasks.try_join_next().is_some() {}
             let first = tokio::select! {
@@ -252,8 +275,7 @@ impl Dispatcher {
             // usual deployment) and the default cap of half the workers, every other claim was
             // written back whole — a fifth of the store's statements in the SMS benchmark
             // (docs/PERFORMANCE.md §6, seventh pass).
-            let room = self.tenants.headroom(&self.cfg.tenants);
-            if room == 0 {
+            if self.tenants.headroom(&self.cfg.tenants) == 0 {
                 drop(first);
                 // Every known tenant is at its cap, so only an attempt that ends frees room.
                 if !attempt_ends(&mut tasks, self.cfg.poll, &shutdown).await {
@@ -261,23 +283,16 @@ impl Dispatcher {
                 }
                 continue;
             }
-            let mut permits = vec![first];
-            let batch = (self.cfg.claim_batch.max(1) as usize).min(room);
-            while permits.len() < batch {
-                match sem.clone().try_acquire_owned() {
-                    Ok(p) => permits.push(p),
-                    Err(_) => break,
-                }
-            }
             let now = now_ms();
             let started = Instant::now();
             let claimed = match self
                 .store
-                .claim(&self.cfg.owner, now, self.cfg.lease, permits.len() as u32)
+                .claim_room(&self.cfg.owner, now, self.cfg.lease, room.clone())
                 .await
             {
                 Ok(c) => {
-                    self.backlog.claimed(c.len() >= permits.len());
+                    self.backlog
+                        .claimed(c.len() >= asked.load(Relaxed) as usize);
                     self.metrics
                         .store_seconds
                         .with_label_values(&["claim"])
@@ -293,7 +308,7 @@ impl Dispatcher {
                         .with_label_values(&["claim"])
                         .inc();
                     tracing::warn!(message = "Claim failed.", error = %e);
-                    drop(permits);
+                    drop(first);
                     tokio::select! {
                         _ = tokio::time::sleep(self.cfg.poll) => {},
                         _ = shutdown.cancelled() => break,
@@ -302,7 +317,7 @@ impl Dispatcher {
                 }
             };
             if claimed.is_empty() {
-                drop(permits);
+                drop(first);
                 let wait = match self.store.next_due().await {
                     // `max(25)`: clamp panics when its bounds cross, and `poll_interval_ms` may
                     // be as low as 10.
@@ -339,9 +354,23 @@ impl Dispatcher {
             // back to the queue a little later, behind other tenants' due pushes.
             let mut runnable = Vec::with_capacity(claimed.len());
             let mut deferred = Vec::new();
+            let mut first = Some(first);
             for push in claimed {
+                // A worker for each (the claim was sized by the free ones, so none is missing
+                // unless a store claimed more than it was asked for).
+                let Some(permit) = first
+                    .take()
+                    .or_else(|| sem.clone().try_acquire_owned().ok())
+                else {
+                    self.metrics
+                        .claims_deferred
+                        .with_label_values(&[Busy::Workers.label()])
+                        .inc();
+                    deferred.push(push);
+                    continue;
+                };
                 match self.slots(&push) {
-                    Ok(slots) => runnable.push((push, slots)),
+                    Ok(slots) => runnable.push((push, (permit, slots))),
                     Err(busy) => {
                         self.metrics
                             .claims_deferred
@@ -358,11 +387,10 @@ impl Dispatcher {
                 }
                 self.metrics.leases_held.set(inflight.len() as i64);
             }
-            for ((push, slots), permit) in runnable.into_iter().zip(permits.drain(..)) {
-                tasks.spawn(self.clone().attempt(push, (permit, slots), done.clone()));
+            // The permits of deferred pushes were dropped with them: free again at once.
+            for (push, held) in runnable {
+                tasks.spawn(self.clone().attempt(push, held, done.clone()));
             }
-            // The permits of deferred pushes are free again at once.
-            drop(permits);
             let deferred_any = !deferred.is_empty();
             if deferred_any {
                 tracing::debug!(
@@ -1010,6 +1038,8 @@ const DEFER_PAUSE: Duration = Duration::from_millis(50);
 enum Busy {
     Tenant,
     Target,
+    /// No free worker: only when a store returned more than the claim's room.
+    Workers,
 }
 
 impl Busy {
@@ -1017,6 +1047,7 @@ impl Busy {
         match self {
             Self::Tenant => "tenant",
             Self::Target => "target",
+            Self::Workers => "workers",
         }
     }
 }

@@ -27,6 +27,10 @@ pub mod sqlite;
 
 pub use device_cache::{DeviceCache, Ticket as DeviceCacheTicket};
 
+/// How many pushes a claim may take, asked when it runs ([`Store::claim_room`]); called on
+/// the store's own thread, so it must not block.
+pub type ClaimRoom = Arc<dyn Fn() -> u32 + Send + Sync>;
+
 /// A validated push, ready to be committed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewPush {
@@ -495,6 +499,23 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<Claimed>, StoreError>;
+    /// [`claim`](Self::claim) with its limit asked of `room` when the claim runs rather than
+    /// when it is asked for. A store whose writes queue (SQLite's one writer) may run a claim
+    /// milliseconds later, while attempts that ended meanwhile freed room: sized when issued,
+    /// claims alternated big and small, each small one costing a whole writer transaction
+    /// (docs/PERFORMANCE.md §6, tenth pass). `room` is called once; at 0 nothing is claimed.
+    async fn claim_room(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease: Duration,
+        room: ClaimRoom,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        match room() {
+            0 => Ok(Vec::new()),
+            limit => self.claim(owner, now_ms, lease, limit).await,
+        }
+    }
     /// Records attempt outcomes (batched: one transaction for the lot).
     async fn complete(&self, batch: Vec<Completion>) -> Result<(), StoreError>;
     /// Extends the leases `owner` still holds on `ids`.

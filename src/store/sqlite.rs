@@ -33,8 +33,8 @@ use sqlx::{
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{
-    AsOf, CancelResult, Claimed, Completion, Device, DeviceCache, Enqueued, NewPush, PushEvent,
-    PushFilter, PushRecord, PushState, ReceiptEffect, Store, StoreError, StoreOptions,
+    AsOf, CancelResult, ClaimRoom, Claimed, Completion, Device, DeviceCache, Enqueued, NewPush,
+    PushEvent, PushFilter, PushRecord, PushState, ReceiptEffect, Store, StoreError, StoreOptions,
     assemble_as_of, final_states, from_json, parse_binding, parse_content_type, parse_state, rules,
     to_json,
 };
@@ -607,6 +607,25 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn claim_room(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease: Duration,
+        room: ClaimRoom,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let until = now_ms + lease.as_millis() as i64;
+        let owner = owner.to_owned();
+        self.hot
+            .run(move |c| match room() {
+                0 => Ok(Vec::new()),
+                limit => hot::claim(c, &owner, now_ms, until, limit),
+            })
+            .await?
+            .into_iter()
+            .collect()
+    }
+
     async fn complete(&self, batch: Vec<Completion>) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
@@ -867,6 +886,51 @@ mod tests {
         );
         drop(held);
         s.ping().await.unwrap();
+    }
+
+    /// A claim queued behind another write is sized when it runs: room that frees meanwhile
+    /// (attempts ending while the writer was busy) is claimed by it, not left to a next claim.
+    #[tokio::test]
+    async fn claim_room_is_asked_when_the_claim_runs() {
+        use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        for i in 0..5 {
+            let p = NewPush {
+                id: format!("p{i}"),
+                tenant: "t".into(),
+                device_id: None,
+                bindings: vec![],
+                binding_choice: None,
+                content_type: crate::domain::ContentType::Notification,
+                body: vec![0],
+                priority: 0,
+                max_attempts: 3,
+                created_at_ms: 1_000,
+                not_before_ms: 1_000,
+                expires_at_ms: 100_000,
+                idempotency_key: None,
+                request_hash: None,
+                collapse_key: None,
+                callback_url: None,
+                bootstrap: None,
+            };
+            s.enqueue(p).await.unwrap();
+        }
+        let free = Arc::new(AtomicU32::new(1));
+        let room: ClaimRoom = {
+            let free = free.clone();
+            Arc::new(move || free.load(SeqCst))
+        };
+        // Another write holds the lock: the claim waits in the writer's queue.
+        let held = s.write_lock.lock().await;
+        let claim = s.claim_room("a", 2_000, Duration::from_secs(30), room);
+        let (claimed, ()) = tokio::join!(claim, async {
+            // Room frees while the claim waits (after it was asked for).
+            free.store(4, SeqCst);
+            drop(held);
+        });
+        assert_eq!(claimed.unwrap().len(), 4);
     }
 
     /// The TTL sweep runs once a second on the only writer connection: it must be a range scan

@@ -1951,6 +1951,34 @@ async fn completion_batch_lease_and_repeats(s: Arc<dyn Store>) {
     );
 }
 
+/// `claim_room` asks its room once, claims up to it, and claims nothing (touching no push) at 0.
+async fn claim_room_limits_the_claim(s: Arc<dyn Store>) {
+    for _ in 0..3 {
+        created(&s, push("t1")).await;
+    }
+    let asked = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let room = |n: u32| -> dmpushd::store::ClaimRoom {
+        let asked = asked.clone();
+        Arc::new(move || {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            n
+        })
+    };
+    let none = s.claim_room("a", T0, LEASE, room(0)).await.unwrap();
+    assert!(none.is_empty(), "room 0 claims nothing: {none:?}");
+    assert_eq!(depth(&s, PushState::Queued).await, 3);
+    let two = s.claim_room("a", T0, LEASE, room(2)).await.unwrap();
+    assert_eq!(two.len(), 2);
+    let rest = s.claim_room("a", T0, LEASE, room(10)).await.unwrap();
+    assert_eq!(rest.len(), 1, "only one push was left");
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "once per claim"
+    );
+    assert_eq!(depth(&s, PushState::Sending).await, 3);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod pg {
@@ -2005,6 +2033,7 @@ conformance!(
     purge_final_only,
     receipt_batch_mixes_cases,
     completion_batch_lease_and_repeats,
+    claim_room_limits_the_claim,
 );
 
 /// PostgreSQL only: a lease renewal skips a push another transaction holds (a completion) instead
