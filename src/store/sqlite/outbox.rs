@@ -1,5 +1,5 @@
 //! The webhook outbox on SQLite ([`Outbox`]); rows are written by the `push_events_webhook`
-//! trigger (migrations/sqlite/0004_webhooks.sql; its current form is 0007). All writes go
+//! trigger (migrations/sqlite/0004_webhooks.sql; its current form is 0008). All writes go
 //! through the single writer connection, so leases need no row locks here: a claim is one
 //! `UPDATE … RETURNING`.
 
