@@ -598,13 +598,8 @@ impl Store for SqliteStore {
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let until = now_ms + lease.as_millis() as i64;
-        let owner = owner.to_owned();
-        self.hot
-            .run(move |c| hot::claim(c, &owner, now_ms, until, limit))
-            .await?
-            .into_iter()
-            .collect()
+        self.claim_room(owner, now_ms, lease, Arc::new(move || limit))
+            .await
     }
 
     async fn claim_room(
