@@ -701,7 +701,7 @@ pub(crate) fn plan_receipts(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::ContentType;
 
@@ -1158,7 +1158,9 @@ mod tests {
         assert!(!is_same_request(Some("h"), None));
     }
 
-    fn new_push(id: &str, tenant: &str, key: Option<&str>) -> NewPush {
+    /// A push with nothing set beyond its id, tenant and idempotency key (also used by the
+    /// stores' unit tests).
+    pub(crate) fn new_push(id: &str, tenant: &str, key: Option<&str>) -> NewPush {
         NewPush {
             id: id.into(),
             tenant: tenant.into(),

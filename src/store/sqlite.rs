@@ -612,10 +612,8 @@ impl Store for SqliteStore {
         let until = now_ms + lease.as_millis() as i64;
         let owner = owner.to_owned();
         self.hot
-            .run(move |c| match room() {
-                0 => Ok(Vec::new()),
-                limit => hot::claim(c, &owner, now_ms, until, limit),
-            })
+            // At 0 `hot::claim` touches no row.
+            .run(move |c| hot::claim(c, &owner, now_ms, until, room()))
             .await?
             .into_iter()
             .collect()
@@ -892,23 +890,10 @@ mod tests {
         let s = store(&dir).await;
         for i in 0..5 {
             let p = NewPush {
-                id: format!("p{i}"),
-                tenant: "t".into(),
-                device_id: None,
-                bindings: vec![],
-                binding_choice: None,
-                content_type: crate::domain::ContentType::Notification,
-                body: vec![0],
-                priority: 0,
-                max_attempts: 3,
                 created_at_ms: 1_000,
                 not_before_ms: 1_000,
                 expires_at_ms: 100_000,
-                idempotency_key: None,
-                request_hash: None,
-                collapse_key: None,
-                callback_url: None,
-                bootstrap: None,
+                ..rules::tests::new_push(&format!("p{i}"), "t", None)
             };
             s.enqueue(p).await.unwrap();
         }
