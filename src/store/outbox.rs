@@ -1,12 +1,13 @@
 //! The webhook outbox (issue 11, DESIGN §10.2): types, the store API and the pure delivery rules.
 //!
-//! An outbox row is written **by the database, in the transaction of the state change**: a
-//! trigger on `push_events` (`migrations/sqlite/0004_webhooks.sql`,
-//! `migrations/postgres/0005_webhooks.sql`) inserts one row when an event of a webhook state
-//! ([`WEBHOOK_STATES`]) is recorded for a push that has a webhook target. So every code path that
-//! records a state change — today's and those added later — produces its webhook, and a `kill -9`
-//! after the commit cannot lose it. Why a trigger rather than a helper call beside each event
-//! insert: docs/decisions/webhooks.md.
+//! An outbox row is written **in the transaction of the state change**, one when an event of a
+//! webhook state ([`WEBHOOK_STATES`]) is recorded for a push that has a webhook target, so a
+//! `kill -9` after the commit cannot lose it. On PostgreSQL a statement trigger on `push_events`
+//! writes it (`migrations/postgres/0005_webhooks.sql`, 0008), so every code path that records a
+//! state change produces its webhook. On SQLite the store's one event writer per connection
+//! (`insert_event`) writes it beside the event since migration 0009, because the trigger's mere
+//! presence cost every event insert on the single writer; a test keeps every other insert into
+//! `push_events` a webhook attempt row. Why: docs/decisions/webhooks.md.
 //!
 //! Rows: `pending` → `done` (2xx) or `given_up` (no success within `max_age_seconds`);
 //! [`Outbox::requeue_webhooks`] puts given-up rows back to `pending`.
@@ -27,6 +28,12 @@ pub const WEBHOOK_STATES: &[&str] = &[
     "superseded",
     "unconfirmed",
 ];
+
+/// Whether an event of `state` sends a webhook ([`WEBHOOK_STATES`]); SQLite's event writers ask
+/// it before writing the outbox row beside the event (migrations/sqlite/0009).
+pub fn fires_webhook(state: PushState) -> bool {
+    WEBHOOK_STATES.contains(&state.as_str())
+}
 
 /// First retry delay (the first retry comes within 5 s, DESIGN §10.2); doubles per attempt with
 /// equal jitter ([`backoff::delay`]).

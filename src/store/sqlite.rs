@@ -179,9 +179,10 @@ impl SqliteStore {
                     .clone()
                     .pragma("cache_size", format!("-{}", SQLITE_WRITER_CACHE_KIB))
                     // An `INSERT … SELECT` that reads the table it writes materialises the
-                    // SELECT in a temporary table first; the outbox trigger does so for every
-                    // webhook event. In a temporary *file* that cost 64 µs per event, more than
-                    // the rest of the completion (docs/perf/webhooks.md); in memory it is gone.
+                    // SELECT in a temporary table first; the outbox trigger (until 0009) did so
+                    // for every webhook event. In a temporary *file* that cost 64 µs per event,
+                    // more than the rest of the completion (docs/perf/webhooks.md); in memory
+                    // it is gone, for any such statement a later change may add.
                     // Writer only: its temporary tables hold a handful of rows, while a
                     // reader's sort can be large and may spill to disk.
                     .pragma("temp_store", "memory"),
@@ -337,7 +338,7 @@ async fn insert_event(
     attempt: u32,
     detail: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO push_events (push_id, at, state, binding, attempt, detail) VALUES (?, ?, ?, ?, ?, ?)")
+    let seq = sqlx::query("INSERT INTO push_events (push_id, at, state, binding, attempt, detail) VALUES (?, ?, ?, ?, ?, ?)")
         .bind(push_id)
         .bind(at_ms)
         .bind(state.as_str())
@@ -345,7 +346,28 @@ async fn insert_event(
         .bind(attempt as i64)
         .bind(detail)
         .execute(&mut **tx)
-        .await?;
+        .await?
+        .last_insert_rowid();
+    // The webhook's outbox row, in the same transaction (migrations/sqlite/0009).
+    if super::outbox::fires_webhook(state)
+        && let Some(r) = sqlx::query(outbox::HOOK_TARGET)
+            .bind(push_id)
+            .fetch_optional(&mut **tx)
+            .await?
+    {
+        let (id, due) = outbox::hook_row(push_id, seq, at_ms, r.try_get(2)?);
+        sqlx::query(outbox::HOOK_INSERT)
+            .bind(id)
+            .bind(push_id)
+            .bind(r.try_get::<String, _>(0)?)
+            .bind(state.as_str())
+            .bind(seq)
+            .bind(r.try_get::<String, _>(1)?)
+            .bind(at_ms)
+            .bind(due)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
 
@@ -941,6 +963,42 @@ mod tests {
 
     /// The writer's page cache holds the interior pages of `pushes` and its indexes at a
     /// million rows; the readers keep SQLite's default (memory stays bounded).
+    /// Since migration 0009 no trigger writes the webhook outbox: `insert_event` (one per write
+    /// connection) writes a state event's outbox row beside it. A state event inserted anywhere
+    /// else would send no webhook, so every other insert into `push_events` must be a webhook
+    /// attempt row (`kind = 'webhook'`, which never sends one).
+    #[test]
+    fn state_events_are_written_by_insert_event_only() {
+        let sources = [
+            ("sqlite.rs", include_str!("sqlite.rs")),
+            ("sqlite/hot.rs", include_str!("sqlite/hot.rs")),
+            ("sqlite/outbox.rs", include_str!("sqlite/outbox.rs")),
+        ];
+        let needle = ["INSERT INTO", "push_events"].join(" ");
+        let mut in_insert_event = 0;
+        for (file, src) in sources {
+            for (at, _) in src.match_indices(&needle) {
+                let before = &src[..at];
+                let function = before.rfind("fn ").map(|f| &before[f..]).unwrap_or("");
+                let statement = &src[at..src[at..].find(')').map_or(src.len(), |e| at + e)];
+                let statement_end = src[at..]
+                    .find(&['"', '`'][..])
+                    .map_or(src.len(), |e| at + e);
+                if function.starts_with("fn insert_event(") {
+                    in_insert_event += 1;
+                } else {
+                    assert!(
+                        statement.contains("kind") && src[at..statement_end].contains("'webhook'"),
+                        "{file}: a push_events insert outside insert_event that is not a webhook \
+                         attempt row would record a state change without its webhook: {}",
+                        &src[at..statement_end]
+                    );
+                }
+            }
+        }
+        assert_eq!(in_insert_event, 2, "one insert_event per write connection");
+    }
+
     #[tokio::test]
     async fn only_the_writer_has_the_larger_page_cache() {
         let dir = tempfile::tempdir().unwrap();
@@ -951,8 +1009,9 @@ mod tests {
         assert_eq!(reader, -2000, "SQLite's default");
     }
 
-    /// The outbox trigger's `INSERT … SELECT` materialises into a temporary table: in memory on
-    /// the writer (2 = MEMORY), the readers keep the default (0 = the compile-time choice, a file).
+    /// An `INSERT … SELECT` of a table it reads materialises into a temporary table: in memory
+    /// on the writer (2 = MEMORY), the readers keep the default (0 = the compile-time choice, a
+    /// file).
     #[tokio::test]
     async fn only_the_writer_keeps_temporary_tables_in_memory() {
         let dir = tempfile::tempdir().unwrap();

@@ -26,7 +26,7 @@ use crate::support::{
 use dmpushd::{
     binding::{BindingKind, NextHopRef, Receipt},
     store::{
-        Completion, Next, PushState, Store,
+        Claimed, Completion, NewPush, Next, PushState, Store,
         outbox::{AttemptRecord, AttemptResult, ClaimRequest, OutboxEvent},
     },
 };
@@ -1052,7 +1052,157 @@ async fn purge_waits_for_pending_webhooks(s: Arc<dyn Store>) {
     );
 }
 
+/// Claims and records every event in the outbox (due or not), per push in claim order.
+async fn drain_outbox(s: &Arc<dyn Store>) -> Vec<OutboxEvent> {
+    let mut all = Vec::new();
+    loop {
+        let got = claim_with(s, "drain", T0 + 86_400_000, 100, 100, &[]).await;
+        if got.is_empty() {
+            return all;
+        }
+        for e in got {
+            assert!(record(s, &e, "drain", T0 + 86_400_000, AttemptResult::Delivered).await);
+            all.push(e);
+        }
+    }
+}
+
+/// A completion of push `id`'s single claimed attempt.
+async fn complete_one(s: &Arc<dyn Store>, c: &Claimed, at: i64, next: Next) {
+    s.complete(vec![Completion {
+        push_id: c.id.clone(),
+        owner: "w".into(),
+        attempt: c.attempt,
+        binding: WAP,
+        at_ms: at,
+        next,
+        detail: "outcome".into(),
+    }])
+    .await
+    .unwrap();
+}
+
+/// Every code path that records a webhook state writes that event's outbox row, and only
+/// for pushes with a target: completions (accepted, delivered, failed), a receipt, a receipt
+/// that overtook its completion, the receipt window (`unconfirmed`) and a late receipt after
+/// it, cancel, collapse (`superseded`) and the TTL sweep (`expired`). The outbox must hold
+/// exactly the push's events of a webhook state, with their times, in order. SQLite writes these
+/// rows beside the event on two connections (migration 0009), PostgreSQL by a trigger.
+async fn every_webhook_state_event_has_its_outbox_row(s: Arc<dyn Store>) {
+    let hooked = |mut p: NewPush| {
+        p.callback_url = Some(HOOK.into());
+        p
+    };
+    let mut ids = Vec::new();
+    // Claimed one at a time: each push below is the only due one when it is claimed.
+    let claim_one =
+        async |s: &Arc<dyn Store>, at: i64| s.claim("w", at, LEASE, 1).await.unwrap().remove(0);
+    // accepted, then delivered by a receipt (hot writer: completion, receipt batch)
+    ids.push(accepted_push(&s, "e-1", Some(HOOK)).await);
+    receipt(&s, "e-1", T0 + 20).await;
+    // delivered and failed by a completion
+    for next in [Next::Delivered, Next::Failed] {
+        let p = hooked(push("t1"));
+        ids.push(p.id.clone());
+        s.enqueue(p).await.unwrap();
+        let c = claim_one(&s, T0 + 30).await;
+        complete_one(&s, &c, T0 + 40, next).await;
+    }
+    // a receipt that overtook its completion: settled by the completion
+    receipt(&s, "e-2", T0 + 50).await;
+    let p = hooked(push("t1"));
+    ids.push(p.id.clone());
+    s.enqueue(p).await.unwrap();
+    let c = claim_one(&s, T0 + 60).await;
+    complete_one(
+        &s,
+        &c,
+        T0 + 70,
+        Next::Accepted {
+            refs: vec![NextHopRef::new("smsc", "e-2")],
+        },
+    )
+    .await;
+    // unconfirmed by the receipt window, then delivered by a late receipt (sqlx writer, then
+    // hot writer)
+    let mut p = hooked(push("t1"));
+    p.expires_at_ms = T0 + 1_000;
+    ids.push(p.id.clone());
+    s.enqueue(p).await.unwrap();
+    let c = claim_one(&s, T0 + 80).await;
+    complete_one(
+        &s,
+        &c,
+        T0 + 90,
+        Next::Accepted {
+            refs: vec![NextHopRef::new("smsc", "e-3")],
+        },
+    )
+    .await;
+    assert_eq!(s.unconfirm(T0 + 2_000, 500, 10).await.unwrap(), 1);
+    receipt(&s, "e-3", T0 + 2_100).await;
+    // cancelled
+    let p = hooked(push("t1"));
+    ids.push(p.id.clone());
+    s.enqueue(p).await.unwrap();
+    s.cancel("t1", ids.last().unwrap(), T0 + 2_200)
+        .await
+        .unwrap();
+    // superseded by a newer push with the same collapse key (at submit), which then expires
+    // (the TTL sweep)
+    let mut older = hooked(push("t1"));
+    older.collapse_key = Some("cfg".into());
+    older.expires_at_ms = T0 + 5_000;
+    let mut newer = older.clone();
+    newer.id = crate::support::store::next_id();
+    newer.created_at_ms = T0 + 2_300;
+    ids.push(older.id.clone());
+    ids.push(newer.id.clone());
+    s.enqueue(older).await.unwrap();
+    s.enqueue(newer).await.unwrap();
+    assert_eq!(s.expire(T0 + 6_000, 10).await.unwrap(), 1);
+    // no target: no rows, whatever the state
+    let _ = accepted_push(&s, "e-4", None).await;
+    receipt(&s, "e-4", T0 + 20).await;
+
+    let rows = drain_outbox(&s).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for id in &ids {
+        let p = s.get_push("t1", id).await.unwrap().unwrap();
+        let want: Vec<(PushState, i64)> = p
+            .events
+            .iter()
+            .filter(|e| !e.detail.starts_with("webhook"))
+            .filter(|e| dmpushd::store::outbox::fires_webhook(e.state))
+            .map(|e| (e.state, e.at_ms))
+            .collect();
+        let got: Vec<(PushState, i64)> = rows
+            .iter()
+            .filter(|r| &r.push_id == id)
+            .map(|r| (r.state, r.created_at_ms))
+            .collect();
+        assert_eq!(
+            got, want,
+            "push {id} ({:?}): outbox rows vs events",
+            p.state
+        );
+        seen.extend(want.iter().map(|(state, _)| state.as_str()));
+    }
+    assert_eq!(
+        seen.len(),
+        dmpushd::store::outbox::WEBHOOK_STATES.len(),
+        "every webhook state exercised: {seen:?}"
+    );
+    assert_eq!(
+        rows.iter().filter(|r| ids.contains(&r.push_id)).count(),
+        rows.len(),
+        "a push without a target got a webhook"
+    );
+}
+
 async fn outbox_suite(open: impl AsyncFn() -> Option<(Arc<dyn Store>, Box<dyn std::any::Any>)>) {
+    let Some((s, _g)) = open().await else { return };
+    every_webhook_state_event_has_its_outbox_row(s).await;
     let Some((s, _g)) = open().await else { return };
     purge_waits_for_pending_webhooks(s).await;
     let Some((s, _g)) = open().await else { return };

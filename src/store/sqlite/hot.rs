@@ -29,13 +29,16 @@ use tokio::sync::oneshot;
 
 use super::super::{
     Claimed, Completion, Enqueued, NewPush, PushState, ReceiptEffect, Signature, StoreError,
-    from_json, parse_binding, parse_bootstrap, parse_content_type, parse_state,
+    from_json,
+    outbox::fires_webhook,
+    parse_binding, parse_bootstrap, parse_content_type, parse_state,
     rules::{
         self, CollapseScope, FirstByKey, HeldRef, PushView, RefClaim, RefRow, RefStatus,
         is_same_request,
     },
     takeover_detail, to_json,
 };
+use super::outbox;
 use crate::domain::{BindingKind, DeviceBinding, NextHopRef, Receipt};
 
 /// Runs inside the group's transaction (in a savepoint of its own; `None`: no transaction could
@@ -354,6 +357,33 @@ fn insert_event(
         i64::from(attempt),
         detail,
     ))?;
+    // The webhook's outbox row, in the same transaction (migrations/sqlite/0009).
+    if fires_webhook(state) {
+        let seq = tx.last_insert_rowid();
+        let target = tx
+            .prepare_cached(outbox::HOOK_TARGET)?
+            .query_row([push_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                ))
+            })
+            .optional()?;
+        if let Some((tenant, url, pending_max)) = target {
+            let (id, due) = outbox::hook_row(push_id, seq, at_ms, pending_max);
+            tx.prepare_cached(outbox::HOOK_INSERT)?.execute((
+                id,
+                push_id,
+                tenant,
+                state.as_str(),
+                seq,
+                url,
+                at_ms,
+                due,
+            ))?;
+        }
+    }
     Ok(())
 }
 

@@ -1,5 +1,7 @@
-//! The webhook outbox on SQLite ([`Outbox`]); rows are written by the `push_events_webhook`
-//! trigger (migrations/sqlite/0004_webhooks.sql; its current form is 0008). All writes go
+//! The webhook outbox on SQLite ([`Outbox`]). A row is written beside its state event, in the
+//! same transaction, by the event writers of both write connections (`insert_event` in
+//! `sqlite.rs` and `sqlite/hot.rs`, through [`hook_row`]); until migration 0009 the
+//! `push_events_webhook` trigger did it (why it went: docs/decisions/webhooks.md). All writes go
 //! through the single writer connection, so leases need no row locks here: a claim is one
 //! `UPDATE … RETURNING`.
 
@@ -11,6 +13,41 @@ use crate::store::{
     outbox::{AttemptRecord, ClaimRequest, Outbox, OutboxEvent, claim_window, distinct_runs},
     parse_state, to_json,
 };
+
+/// The webhook target of a push that just recorded an event of a webhook state
+/// ([`crate::store::outbox::fires_webhook`]): no row when it has none — one probe of the partial
+/// index `pushes_hooked`, empty while no tenant uses webhooks. The third column is the latest
+/// `next_attempt_at` of the push's pending events (per-push order: see [`hook_row`]).
+///
+/// A read and then an insert, not one `INSERT … SELECT`: a SELECT that reads the table it
+/// inserts into is materialised in a temporary table first (docs/perf/webhooks.md).
+pub(super) const HOOK_TARGET: &str = "SELECT p.tenant, p.callback_url,
+        (SELECT max(e.next_attempt_at) FROM webhook_outbox e
+          WHERE e.push_id = p.id AND e.status = 'pending')
+   FROM pushes p INDEXED BY pushes_hooked
+  WHERE p.id = ?1 AND p.callback_url IS NOT NULL";
+
+/// The outbox row of [`hook_row`]: `?7` is both the state change's time and the start of its
+/// age (`max_age_seconds`).
+pub(super) const HOOK_INSERT: &str = "INSERT INTO webhook_outbox
+        (id, push_id, tenant, state, seq, target, created_at, age_from, next_attempt_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)";
+
+/// The outbox row of event `seq` of `push_id`, recorded at `at_ms`: its webhook-id
+/// `msg_<push id>_<event seq>` (docs/decisions/webhooks.md) and when it is first due — at once,
+/// or not before the push's latest pending event (`pending_max`), so a retried earlier event is
+/// not overtaken.
+pub(super) fn hook_row(
+    push_id: &str,
+    seq: i64,
+    at_ms: i64,
+    pending_max: Option<i64>,
+) -> (String, i64) {
+    (
+        format!("msg_{push_id}_{seq}"),
+        pending_max.map_or(at_ms, |p| p.max(at_ms)),
+    )
+}
 
 const EVENT_COLUMNS: &str =
     "id, push_id, tenant, state, seq, target, created_at, age_from, attempts";

@@ -1,0 +1,15 @@
+-- The outbox row of a state event is now written by the store's two event writers (`insert_event`
+-- in src/store/sqlite.rs and src/store/sqlite/hot.rs), beside the event, in the same transaction:
+-- same rows, same ids (`msg_<push id>_<event seq>`), same per-push due time.
+--
+-- Why the trigger went (docs/decisions/webhooks.md, docs/PERFORMANCE.md §6 eleventh pass): its
+-- mere presence cost every event insert ≈ 4 µs on the single writer, even for a push without a
+-- webhook target and a state that sends none (`queued`). An INSERT that fires a trigger needs a
+-- statement journal inside a transaction, so each event insert copied the pages it touched and,
+-- on release, walked the job savepoint's in-memory journal; and each firing set up the trigger
+-- program's frame. Without it: the hot writer's CPU per push −11 to −15 %, accepts +9 %.
+--
+-- Every other write of push_events is a webhook attempt row (`kind = 'webhook'`), which never
+-- sent a webhook; a test (store::sqlite::tests::state_events_are_written_by_insert_event_only)
+-- keeps it so.
+DROP TRIGGER push_events_webhook;
