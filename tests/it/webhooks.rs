@@ -1094,6 +1094,9 @@ async fn every_webhook_state_event_has_its_outbox_row(s: Arc<dyn Store>) {
         p
     };
     let mut ids = Vec::new();
+    let accepted = |r: &str| Next::Accepted {
+        refs: vec![NextHopRef::new("smsc", r)],
+    };
     // Claimed one at a time: each push below is the only due one when it is claimed.
     let claim_one =
         async |s: &Arc<dyn Store>, at: i64| s.claim("w", at, LEASE, 1).await.unwrap().remove(0);
@@ -1114,15 +1117,7 @@ async fn every_webhook_state_event_has_its_outbox_row(s: Arc<dyn Store>) {
     ids.push(p.id.clone());
     s.enqueue(p).await.unwrap();
     let c = claim_one(&s, T0 + 60).await;
-    complete_one(
-        &s,
-        &c,
-        T0 + 70,
-        Next::Accepted {
-            refs: vec![NextHopRef::new("smsc", "e-2")],
-        },
-    )
-    .await;
+    complete_one(&s, &c, T0 + 70, accepted("e-2")).await;
     // unconfirmed by the receipt window, then delivered by a late receipt (sqlx writer, then
     // hot writer)
     let mut p = hooked(push("t1"));
@@ -1130,15 +1125,7 @@ async fn every_webhook_state_event_has_its_outbox_row(s: Arc<dyn Store>) {
     ids.push(p.id.clone());
     s.enqueue(p).await.unwrap();
     let c = claim_one(&s, T0 + 80).await;
-    complete_one(
-        &s,
-        &c,
-        T0 + 90,
-        Next::Accepted {
-            refs: vec![NextHopRef::new("smsc", "e-3")],
-        },
-    )
-    .await;
+    complete_one(&s, &c, T0 + 90, accepted("e-3")).await;
     assert_eq!(s.unconfirm(T0 + 2_000, 500, 10).await.unwrap(), 1);
     receipt(&s, "e-3", T0 + 2_100).await;
     // cancelled
