@@ -961,8 +961,6 @@ mod tests {
         assert!(!plan.contains("pushes_purge"), "{plan}");
     }
 
-    /// The writer's page cache holds the interior pages of `pushes` and its indexes at a
-    /// million rows; the readers keep SQLite's default (memory stays bounded).
     /// Since migration 0009 no trigger writes the webhook outbox: `insert_event` (one per write
     /// connection) writes a state event's outbox row beside it. A state event inserted anywhere
     /// else would send no webhook, so every other insert into `push_events` must be a webhook
@@ -999,6 +997,8 @@ mod tests {
         assert_eq!(in_insert_event, 2, "one insert_event per write connection");
     }
 
+    /// The writer's page cache holds the interior pages of `pushes` and its indexes at a
+    /// million rows; the readers keep SQLite's default (memory stays bounded).
     #[tokio::test]
     async fn only_the_writer_has_the_larger_page_cache() {
         let dir = tempfile::tempdir().unwrap();

@@ -1067,7 +1067,7 @@ async fn drain_outbox(s: &Arc<dyn Store>) -> Vec<OutboxEvent> {
     }
 }
 
-/// A completion of push `id`'s single claimed attempt.
+/// Completes the single claimed attempt `c` with `next`.
 async fn complete_one(s: &Arc<dyn Store>, c: &Claimed, at: i64, next: Next) {
     s.complete(vec![Completion {
         push_id: c.id.clone(),
