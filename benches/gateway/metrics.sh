@@ -7,6 +7,7 @@ set -euo pipefail
 BIN=${BIN:-$(dirname "$0")/../../target/release/dmpushd}
 cfg=""
 for a in "$@"; do case "$a" in *.toml) cfg="$a" ;; esac; done
+[ -n "$cfg" ] || { echo "metrics.sh: no .toml among the arguments" >&2; exit 2; }
 port=$(grep -m1 '^listen' "$cfg" | sed 's/.*:\([0-9]*\)".*/\1/')
 out=${OUT_DIR:-/tmp}/metrics-$(basename "$cfg" .toml)-$$.log
 gw=$$
